@@ -1,0 +1,106 @@
+"""L2-SP towards the pre-trained weights for transferred parts, L2 towards zero for the new part.
+
+Applied as a gradient term with `torch._foreach_*` over each part's whole parameter list rather than
+added to the loss: a Python loop over parameters cost 37% of Inception-v4's step time on an H200, the
+foreach form nothing measurable, and it keeps the step free of host syncs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from trainer.config import InputError
+from trainer.parts import PARTS, is_regularised, param_kinds
+
+
+@dataclass
+class _PartTerm:
+    part: str
+    rate: float
+    params: list[nn.Parameter]
+    reference: list[Tensor] | None  # None: pull towards zero (the new part)
+
+
+class L2SP:
+    """L2-SP / L2 per part, as a gradient term.
+
+    With parts p in {new, upper, lower}, rates r_p, the regularised parameters w_p of part p (norm
+    parameters and biases only when `reg_bn` / `reg_bias` include them) and pre-trained weights w0_p:
+
+        Omega(w) = r_upper/2 * ||w_upper - w0_upper||^2
+                 + r_lower/2 * ||w_lower - w0_lower||^2
+                 + r_new/2   * ||w_new||^2             (new layers have no pre-trained weights: L2)
+
+        dOmega/dw_p = r_p * (w_p - w0_p)   for p in {upper, lower}
+        dOmega/dw   = r_new * w            for the new part
+
+    `add_grad_()` adds dOmega/dw to `.grad`; call it after backward (and after the AMP scaler's
+    unscale_), before `optimizer.step()`. Plain weight decay (the optimiser's) comes on top, so a part
+    can have L2-SP, L2, both or neither. `reference` is the pre-trained state dict as loaded, before
+    re-initialisation; it is copied once, and only for parts with a non-zero rate.
+    """
+
+    def __init__(self, model: nn.Module, part_of: dict[str, str], rates: tuple[float, float, float],
+                 reference: dict[str, Tensor] | None, reg_bn: bool, reg_bias: bool) -> None:
+        if len(rates) != len(PARTS) or any(r < 0 for r in rates):
+            raise InputError(f"l2sp rates take one value >= 0 per part {PARTS}, got {list(rates)}")
+        self.rates = tuple(float(r) for r in rates)
+        kinds = param_kinds(model)
+        named = [(n, p) for n, p in model.named_parameters()
+                 if p.requires_grad and is_regularised(kinds[n], reg_bn, reg_bias)]
+        self.terms: list[_PartTerm] = []
+        for part, rate in zip(PARTS, self.rates):
+            if rate == 0:
+                continue  # a zero rate costs nothing: no reference copy, no kernels
+            members = [(n, p) for n, p in named if part_of.get(n) == part]
+            if not members:
+                continue
+            ref = None if part == "new" else _reference(part, members, reference)
+            self.terms.append(_PartTerm(part, rate, [p for _, p in members], ref))
+
+    @property
+    def active(self) -> bool:
+        return any(r != 0 for r in self.rates)
+
+    @torch.no_grad()
+    def add_grad_(self) -> None:
+        """grad += r_p * (w - w0) for transferred parts, grad += r_new * w for the new part."""
+        for term in self.terms:
+            params, refs = term.params, term.reference
+            grads = [p.grad for p in params]
+            if any(g is None for g in grads):  # frozen by the caller or unused in this forward
+                keep = [i for i, g in enumerate(grads) if g is not None]
+                params, grads = [params[i] for i in keep], [grads[i] for i in keep]
+                refs = None if refs is None else [refs[i] for i in keep]
+                if not params:
+                    continue
+            if refs is None:
+                torch._foreach_add_(grads, params, alpha=term.rate)
+            else:
+                torch._foreach_add_(grads, torch._foreach_sub(params, refs), alpha=term.rate)
+
+    @torch.no_grad()
+    def penalty(self) -> float:
+        """The current value of Omega (syncs with the device: for per-epoch logging only)."""
+        total = torch.zeros((), dtype=torch.float64)
+        for term in self.terms:
+            diffs = term.params if term.reference is None else torch._foreach_sub(term.params, term.reference)
+            norms = torch._foreach_norm(diffs)
+            total += term.rate / 2 * torch.stack(norms).double().square().sum().cpu()
+        return float(total)
+
+
+def _reference(part: str, members: list[tuple[str, nn.Parameter]],
+               reference: dict[str, Tensor] | None) -> list[Tensor]:
+    if reference is None:
+        raise InputError(f"an L2-SP rate for the {part} part needs the pre-trained weights, got none")
+    missing = [n for n, _ in members if n not in reference]
+    if missing:
+        raise InputError(f"pre-trained weights lack {', '.join(missing[:5])}"
+                         f"{' ...' if len(missing) > 5 else ''} needed for L2-SP on the {part} part")
+    # One copy, made once, with the parameter's device, dtype and strides (channels_last included):
+    # foreach kernels take their fast path only when both lists have the same strides.
+    return [torch.empty_like(p, requires_grad=False).copy_(reference[n].detach()) for n, p in members]
