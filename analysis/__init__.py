@@ -1,0 +1,31 @@
+"""Analysis of nbtl-search studies, read from the study database only.
+
+The schema (`nbtl_runs`, `nbtl_epochs` and Optuna's own tables) is the contract: this package never
+imports `trainer` or `nbtl_search`.
+
+    import analysis
+    analysis.runs("sqlite:///nbtl.db", "demo_digits")      # one row per run, config flattened
+    analysis.compare("sqlite:///nbtl.db", "demo_digits")   # optimal vs best default, one row
+    analysis.ladder("sqlite:///nbtl.db", "demo_digits", reference={"state of the art": 92.0})
+    analysis.report.write_report("sqlite:///nbtl.db", "demo_digits", "report.html")
+"""
+
+from analysis import figures, report
+from analysis.compare import RUNGS, compare, ensemble_accuracy, ladder
+from analysis.load import AnalysisError, epochs, runs, studies
+from analysis.report import summary_markdown, write_report
+
+__all__ = [
+    "RUNGS",
+    "AnalysisError",
+    "compare",
+    "ensemble_accuracy",
+    "epochs",
+    "figures",
+    "ladder",
+    "report",
+    "runs",
+    "studies",
+    "summary_markdown",
+    "write_report",
+]

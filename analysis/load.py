@@ -1,0 +1,185 @@
+"""Read nbtl's tables (`nbtl_runs`, `nbtl_epochs`) from a storage URL into pandas.
+
+The table and column names are the contract with the orchestrator that writes them; nothing here
+imports `trainer` or `nbtl_search`.
+
+`runs()` flattens each run's JSON `config` into columns:
+
+- the search axes get short, unprefixed columns, with the 1-or-3 lists expanded per part
+  `[new, upper, lower]` (one value = the same for every part): `new_layers`, `num_low`,
+  `lr_new`, `lr_upper`, `lr_lower`, `l2_new` (the new part has no pre-trained weights, so its rate
+  pulls towards zero), `l2sp_upper`, `l2sp_lower`;
+- every config key `k` is also kept verbatim as `cfg_k` (lists as tuples, dicts as JSON text), so
+  `cfg_weight_decay`, `cfg_mixup`, `cfg_aa`, `cfg_lrs`, ... never collide with the run's own
+  columns (`seed`, `dataset`, `model`, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+
+RUNS = "nbtl_runs"
+EPOCHS = "nbtl_epochs"
+PART_COLUMNS = {
+    "lrs": ("lr_new", "lr_upper", "lr_lower"),
+    "l2sp_rates": ("l2_new", "l2sp_upper", "l2sp_lower"),
+}
+AXES = ("new_layers", "num_low") + PART_COLUMNS["lrs"] + PART_COLUMNS["l2sp_rates"]
+_TIMES = ("started_at", "finished_at")
+_INTS = ("trial_number", "seed", "best_epoch", "epochs_run", "source_run_id")
+
+
+class AnalysisError(ValueError):
+    """The database does not (yet) hold what was asked for; the message says what to run first."""
+
+
+def display_url(url: str) -> str:
+    """The URL with any password masked, for messages."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return url
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL (None for other back ends and in-memory SQLite)."""
+    u = sa.make_url(url)
+    if u.get_backend_name() != "sqlite" or u.database in (None, "", ":memory:"):
+        return None
+    return Path(u.database)
+
+
+@contextmanager
+def connect(url: str) -> Iterator[sa.Connection]:
+    """A read connection that first checks nbtl's tables exist.
+
+    A missing SQLite file is an error rather than a new empty database: opening it would create
+    the file, and analysis must never write.
+    """
+    try:
+        path = sqlite_path(url)
+    except sa.exc.ArgumentError as e:
+        raise AnalysisError(f"not a database URL: {url!r} ({e})") from None
+    if path is not None and not path.is_file():
+        raise AnalysisError(f"no database file {path}: run `nbtl-search run STUDY.yaml` first")
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table(RUNS):
+                raise AnalysisError(
+                    f"no nbtl tables in {display_url(url)}: run `nbtl-search run STUDY.yaml` first"
+                )
+            yield conn
+    finally:
+        engine.dispose()
+
+
+def studies(url: str) -> list[str]:
+    """Names of the studies that have at least one run, sorted."""
+    with connect(url) as conn:
+        rows = conn.execute(sa.text(f"SELECT DISTINCT study FROM {RUNS}")).scalars()
+        return sorted(s for s in rows if s is not None)
+
+
+def runs(url: str, study: str | None = None) -> pd.DataFrame:
+    """One row per run of `study` (every study if None), ordered by id, config flattened.
+
+    Raises AnalysisError if there are no nbtl tables, or `study` has no runs.
+    """
+    with connect(url) as conn:
+        df = _read(conn, f"SELECT * FROM {RUNS}", study)
+        if study is not None and df.empty:
+            names = conn.execute(sa.text(f"SELECT DISTINCT study FROM {RUNS}")).scalars()
+            listed = ", ".join(sorted(s for s in names if s is not None)) or "(none)"
+            raise AnalysisError(f"study {study!r} not found; studies here: {listed}")
+    for col in _TIMES:
+        if col in df:
+            df[col] = pd.to_datetime(df[col], errors="coerce", format="mixed")
+    for col in _INTS:  # nullable integers: NULL must not turn ids into floats
+        if col in df:
+            df[col] = pd.to_numeric(df[col]).astype("Int64")
+    return _flatten(df.sort_values("id", ignore_index=True))
+
+
+def epochs(url: str, study: str | None = None,
+           run_ids: Iterable[int] | None = None) -> pd.DataFrame:
+    """Per-epoch rows (with the run's `study` and `role`), ordered by run id and epoch.
+
+    The epoch's `lrs` JSON is expanded into `lr_new`, `lr_upper`, `lr_lower`.
+    """
+    sql = (f"SELECT e.*, r.study AS study, r.role AS role FROM {EPOCHS} e "
+           f"JOIN {RUNS} r ON r.id = e.run_id")
+    with connect(url) as conn:
+        if not sa.inspect(conn).has_table(EPOCHS):
+            raise AnalysisError(f"no {EPOCHS} table in {display_url(url)}: "
+                                "run `nbtl-search run STUDY.yaml` first")
+        df = _read(conn, sql, study, prefix="r.")
+    if run_ids is not None:
+        df = df[df["run_id"].isin(list(run_ids))]
+    df = df.sort_values(["run_id", "epoch"], ignore_index=True)
+    parts = [_parts(parse_json(v)) for v in df["lrs"]]
+    for i, col in enumerate(PART_COLUMNS["lrs"]):
+        df[col] = [p[i] for p in parts]
+    return df
+
+
+def _read(conn: sa.Connection, sql: str, study: str | None, prefix: str = "") -> pd.DataFrame:
+    if study is None:
+        return pd.read_sql(sa.text(sql), conn)
+    return pd.read_sql(sa.text(f"{sql} WHERE {prefix}study = :study"), conn,
+                       params={"study": study})
+
+
+def parse_json(text: Any) -> Any:
+    """A JSON column's value (None for NULL)."""
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return None
+    if isinstance(text, (dict, list)):  # JSON columns on PostgreSQL arrive decoded
+        return text
+    return json.loads(text)
+
+
+def _parts(values: Any) -> tuple[float, float, float]:
+    """[new, upper, lower] from a 1-or-3 list (one value = every part); NaNs if malformed."""
+    if isinstance(values, (int, float)):
+        values = [values]
+    if not isinstance(values, (list, tuple)) or len(values) not in (1, 3):
+        return (math.nan,) * 3
+    v = [float(x) for x in values]
+    return (v[0],) * 3 if len(v) == 1 else (v[0], v[1], v[2])
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def _flatten(df: pd.DataFrame) -> pd.DataFrame:
+    configs = []
+    for run_id, text in zip(df["id"], df["config"]):
+        try:
+            cfg = parse_json(text) or {}
+        except json.JSONDecodeError as e:
+            raise AnalysisError(f"run {run_id}: config is not valid JSON ({e})") from None
+        configs.append(cfg)
+    for key in ("new_layers", "num_low"):
+        df[key] = pd.array([c.get(key) for c in configs], dtype="Int64")
+    for key, cols in PART_COLUMNS.items():
+        parts = [_parts(c.get(key)) for c in configs]
+        for i, col in enumerate(cols):
+            df[col] = [p[i] for p in parts]
+    keys = sorted({k for c in configs for k in c})
+    extra = pd.DataFrame({f"cfg_{k}": [_cell(c.get(k)) for c in configs] for k in keys},
+                         index=df.index)
+    return pd.concat([df, extra], axis=1)
