@@ -1,0 +1,80 @@
+"""Image transforms: timm's `create_transform`, fed from `TrainConfig`, plus one guard.
+
+Training: random-resized crop + horizontal flip (the *default settings*' augmentation), then timm's
+auto-augment from `cfg.aa` (e.g. `rand-m9-mstd0.5-inc1`) and random erasing (`cfg.reprob`,
+`cfg.remode`) when asked for. timm's colour jitter (its factory default 0.4) is switched off: it is
+not part of the standard augmentation the study measures against. Evaluation: resize by
+`1 / crop_pct`, centre crop. Size, mean, std, interpolation and crop_pct come from timm's
+`resolve_data_config` dict; a set `cfg.img_size` overrides its input size.
+
+The posterize guard. timm 1.0.x's increasing-severity posterize (`PosterizeIncreasing`, used by
+every `inc1` RandAugment string and AugMix) keeps `4 - int(m / 10 * 4)` bits, so magnitude 10 keeps
+0 bits; with `m9-mstd0.5` the sampled magnitude reaches 10 (clipped from above) in ~2.3% of
+posterize calls, about 1 augmented image in 650 (measured with timm 1.0.31). Pillow >= 13 rejects
+`ImageOps.posterize(img, 0)` with `ValueError: bits must be between or equal to 1 and 8`, raised in
+a DataLoader worker: a real dataset dies in its first epoch. (Plain `Posterize` at magnitude < 2.5
+hits the same 0.) Older Pillow turned 0 bits into an all-black image, which carries no label
+information anyway, so every posterize op of the transforms built here keeps at least 1 bit: the
+most severe posterize that still leaves an image. Only that op's `aug_fn`, on the instances inside
+our own transform, is replaced; timm's tables, every other op and posterize at >= 1 bit are
+untouched, so other users of timm in the process see no change.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+from PIL import Image
+from timm.data import create_transform
+from timm.data.auto_augment import AugmentOp
+from timm.data.auto_augment import posterize as timm_posterize
+
+from ..config import InputError, TrainConfig
+
+
+def posterize_keep_one_bit(img: Image.Image, bits_to_keep: int, **kwargs: Any) -> Image.Image:
+    """timm's posterize with `bits_to_keep` clamped to >= 1 (Pillow 13 rejects 0)."""
+    return timm_posterize(img, max(1, int(bits_to_keep)), **kwargs)
+
+
+def augment_ops(transform: Any) -> Iterator[AugmentOp]:
+    """Every timm `AugmentOp` inside a transform: Compose.transforms, RandAugment/AugMix .ops,
+    AutoAugment .policy (a list of sub-policies)."""
+    if isinstance(transform, AugmentOp):
+        yield transform
+        return
+    if isinstance(transform, (list, tuple)):
+        for t in transform:
+            yield from augment_ops(t)
+        return
+    for attr in ("transforms", "ops", "policy"):
+        children = getattr(transform, attr, None)
+        if isinstance(children, (list, tuple)):
+            yield from augment_ops(children)
+
+
+def guard_posterize(transform: Any) -> Any:
+    """Make every posterize op inside `transform` keep >= 1 bit (see the module docstring)."""
+    for op in augment_ops(transform):
+        if op.aug_fn is timm_posterize:
+            op.aug_fn = posterize_keep_one_bit  # a module-level function: still picklable for workers
+    return transform
+
+
+def build_transform(cfg: TrainConfig, data_config: dict, training: bool) -> Callable[[Image.Image], Any]:
+    """PIL image -> normalised float tensor `3 x H x W`, for training (random) or evaluation."""
+    input_size = tuple(data_config["input_size"])
+    if cfg.img_size is not None:
+        input_size = (3, cfg.img_size, cfg.img_size)
+    common = dict(input_size=input_size, interpolation=data_config.get("interpolation", "bilinear"),
+                  mean=tuple(data_config["mean"]), std=tuple(data_config["std"]))
+    if not training:
+        return create_transform(**common, is_training=False, crop_pct=data_config.get("crop_pct"),
+                                crop_mode=data_config.get("crop_mode"))
+    try:
+        transform = create_transform(**common, is_training=True, color_jitter=None, auto_augment=cfg.aa,
+                                     re_prob=cfg.reprob, re_mode=cfg.remode)
+    except (AssertionError, ValueError, KeyError, IndexError) as e:
+        # timm parses the aa string with asserts and int(): turn its failure into one clear line.
+        raise InputError(f"aa {cfg.aa!r} is not a valid timm auto-augment string ({e!r})") from e
+    return guard_posterize(transform)
