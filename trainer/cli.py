@@ -1,0 +1,113 @@
+"""`python -m trainer`: the seed's flags, parsed into a `TrainConfig` in one function.
+
+Every flag defaults to "not given", so the defaults stay in `TrainConfig` alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .config import InputError, TrainConfig
+from .report import Decision, EpochMetrics
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m trainer", argument_default=argparse.SUPPRESS,
+        description="Non-binary fine-tuning of a timm model (defaults: trainer/config.py).")
+    a = p.add_argument
+    a("--dataset", help="caltech256_30 | stanford_cars | fgvc_aircraft | dtd | imagenet | imagefolder | digits | shapes")
+    a("--data_dir", "--data-dir", dest="data_dir")
+    a("--num-classes", dest="num_classes", type=int)
+    a("--img-size", dest="img_size", type=int)
+    a("--train-split", dest="train_split", choices=["train", "trainval"])
+    a("--model")
+    a("--pretrained", action="store_true", help="timm hub weights")
+    a("--pretrained-file", dest="pretrained_file", help="local state_dict instead of the hub")
+    a("--new-layers", dest="new_layers", type=int, help="top layers to re-initialise (1 = classifier)")
+    a("--num-lowlrs", dest="num_low", type=int, help="bottom transferred layers in the `lower` part")
+    a("--lr", dest="lrs", type=float, nargs="+", metavar="LR", help="1 lr, or 3: new upper lower")
+    a("--L2SP", dest="l2sp_flag", action="store_true", help="kept for the seed's scripts; needs --L2SP_rates")
+    a("--L2SP_rates", "--l2sp-rates", dest="l2sp_rates", type=float, nargs="+", metavar="R",
+      help="1 rate, or 3: new(L2 to zero) upper lower")
+    a("--weight-decay", dest="weight_decay", type=float)
+    a("--reg-bn", dest="reg_bn", action="store_true", help="regularise norm parameters too")
+    a("--reg-bias", dest="reg_bias", action="store_true", help="regularise biases too")
+    a("--opt", choices=["sgd", "adamw"])
+    a("--momentum", type=float)
+    a("--sched", choices=["step", "cosine", "none"])
+    a("--decay-epochs", dest="decay_epochs", type=float)
+    a("--decay-rate", dest="decay_rate", type=float)
+    a("--warmup-epochs", dest="warmup_epochs", type=int)
+    a("--warmup-lr", dest="warmup_lr", type=float)
+    a("--min-lr", dest="min_lr", type=float)
+    a("--epochs", type=int)
+    a("-b", "--batch-size", dest="batch_size", type=int)
+    a("--mixup", type=float)
+    a("--cutmix", type=float)
+    a("--smoothing", type=float)
+    a("--aa", help="timm auto-augment, e.g. rand-m9-mstd0.5-inc1")
+    a("--reprob", type=float)
+    a("--remode", choices=["const", "rand", "pixel"])
+    a("--amp", nargs="?", const="fp16", choices=["none", "bf16", "fp16"], help="default fp16 if given alone")
+    a("--native-amp", dest="native_amp", action="store_true", help="alias of --amp fp16")
+    a("--channels-last", dest="channels_last", action="store_true")
+    a("--seed", type=int)
+    a("--device")
+    a("-j", "--workers", type=int)
+    a("--output")
+    a("--test", dest="eval_test", action="store_true", help="evaluate the test split at the end")
+    a("--save-test-predictions", dest="save_test_predictions", action="store_true")
+    a("--no-checkpoint", dest="checkpoint", action="store_false")
+    a("--resume", help="OUTPUT/last.pth of an interrupted run")
+    a("--limit-train-batches", dest="limit_train_batches", type=int)
+    a("--limit-eval-batches", dest="limit_eval_batches", type=int)
+    return p
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    given = vars(build_parser().parse_args(argv))
+    if given.pop("l2sp_flag", False) and "l2sp_rates" not in given:
+        raise InputError("--L2SP needs --L2SP_rates r [r r]")
+    if given.pop("native_amp", False):
+        given.setdefault("amp", "fp16")
+    return TrainConfig(**given)
+
+
+class PrintReporter:
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def report(self, epoch: int, m: EpochMetrics) -> Decision:
+        val = f"val_top1 {m.val_top1:6.2f} val_top5 {m.val_top5:6.2f} " if m.val_top1 is not None else ""
+        lrs = "/".join(f"{lr:.3g}" for lr in m.lrs)
+        print(f"epoch {epoch:3d}/{self.epochs} train_loss {m.train_loss:.4f} {val}"
+              f"lr {lrs} penalty {m.penalty:.4g} {m.seconds:.1f}s {m.images_per_s:.0f} img/s", flush=True)
+        return Decision.CONTINUE
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .loop import fit  # keep `--help` fast: torch/timm load only for a real run
+
+    try:
+        cfg = parse_config(argv)
+        result = fit(cfg, PrintReporter(cfg.epochs))
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a failed run is one line, not a traceback; NBTL_DEBUG=1 shows it
+        if os.environ.get("NBTL_DEBUG"):
+            raise
+        print(f"error: training failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    best = f"best val_top1 {result.best_val_top1:.2f} (epoch {result.best_epoch})" \
+        if result.best_val_top1 is not None else "no validation split"
+    test = f", test_top1 {result.test['top1']:.2f}" if result.test else ""
+    where = f", summary in {cfg.output}/summary.json" if cfg.output else ""
+    print(f"done in {result.wall_s:.1f}s: {best}{test}{where}")
+    return 0

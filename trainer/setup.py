@@ -1,0 +1,143 @@
+"""Everything a run needs before its first step, built from one `TrainConfig`.
+
+Each call builds its own model, loaders, optimiser and RNG so two runs in one process share nothing.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import timm.data
+import timm.loss
+import timm.scheduler
+import torch
+from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader
+
+from .config import InputError, TrainConfig
+from .data import TransformedDataset, build_splits, build_transform
+from .layers import layer_partition, reinit_layers
+from .model import create_model
+from .parts import PARTS, assign_parts, param_groups
+from .regularize import L2SP
+
+
+@dataclass
+class Run:
+    cfg: TrainConfig
+    device: torch.device
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: timm.scheduler.scheduler.Scheduler | None
+    regularizer: L2SP
+    criterion: nn.Module
+    eval_criterion: nn.Module
+    mixup: Callable | None
+    scaler: torch.amp.GradScaler | None
+    autocast_dtype: torch.dtype | None
+    generator: torch.Generator
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    test_loader: DataLoader
+    num_classes: int
+
+
+def resolve_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise InputError(f"device {name!r} is not a valid torch device") from e
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {name!r} requested but CUDA is not available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(f"device {name!r} does not exist ({torch.cuda.device_count()} GPU(s) visible)")
+    return device
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def build_run(cfg: TrainConfig) -> Run:
+    device = resolve_device(cfg.device)
+    generator = seed_everything(cfg.seed)
+    splits = build_splits(cfg)
+    num_classes = cfg.num_classes or len(splits.classes)
+    if num_classes < len(splits.classes):
+        raise InputError(f"num_classes {num_classes} < the dataset's {len(splits.classes)} classes")
+
+    model = create_model(cfg, num_classes)
+    layers = layer_partition(model)
+    # L2-SP pulls towards the pre-trained weights: copy them before the top layers are re-initialised.
+    reference = {n: p.detach().clone() for n, p in model.named_parameters()}
+    reinit_layers(model, layers, cfg.new_layers, cfg.seed)
+    part_of = assign_parts(layers, cfg.new_layers, cfg.num_low)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    groups = param_groups(model, part_of, cfg.part_lrs(), cfg.weight_decay, cfg.reg_bn, cfg.reg_bias)
+    if cfg.opt == "sgd":
+        optimizer = torch.optim.SGD(groups, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    else:
+        optimizer = torch.optim.AdamW(groups)
+    scheduler = None
+    if cfg.sched != "none":
+        scheduler, _ = timm.scheduler.create_scheduler_v2(
+            optimizer, sched=cfg.sched, num_epochs=cfg.epochs, decay_epochs=cfg.decay_epochs,
+            decay_rate=cfg.decay_rate, min_lr=cfg.min_lr, warmup_lr=cfg.warmup_lr,
+            warmup_epochs=cfg.warmup_epochs)
+    # L2SP copies to the device only the references of parts with a nonzero rate
+    regularizer = L2SP(model, part_of, cfg.part_l2sp(), reference, cfg.reg_bn, cfg.reg_bias)
+    del reference
+
+    mixup = None
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        mixup = timm.data.Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix,
+                                label_smoothing=cfg.smoothing, num_classes=num_classes)
+        criterion: nn.Module = timm.loss.SoftTargetCrossEntropy()
+    else:
+        criterion = nn.CrossEntropyLoss(label_smoothing=cfg.smoothing)
+
+    autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
+    scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" and device.type == "cuda" else None
+
+    data_config = timm.data.resolve_data_config(
+        {"input_size": (3, cfg.img_size, cfg.img_size)} if cfg.img_size else {}, model=model)
+    train_tf = build_transform(cfg, data_config, training=True)
+    eval_tf = build_transform(cfg, data_config, training=False)
+    train_base = splits.train if cfg.train_split == "train" else ConcatDataset([splits.train, splits.val])
+    train_set = TransformedDataset(train_base, train_tf)
+    # timm's Mixup needs even batches: drop the last partial batch then (also keeps shapes static).
+    drop_last = mixup is not None
+    if drop_last and len(train_set) < cfg.batch_size:
+        raise InputError(f"mixup/cutmix needs at least batch_size={cfg.batch_size} training images, "
+                         f"the train split has {len(train_set)}")
+    loader_kw = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda",
+                     persistent_workers=cfg.workers > 0)
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=generator,
+                              drop_last=drop_last, **loader_kw)
+
+    def eval_loader(base):
+        return DataLoader(TransformedDataset(base, eval_tf), batch_size=2 * cfg.batch_size, **loader_kw)
+
+    val_loader = eval_loader(splits.val) if cfg.train_split == "train" else None
+    return Run(cfg, device, model, optimizer, scheduler, regularizer, criterion,
+               nn.CrossEntropyLoss(), mixup, scaler, autocast_dtype, generator, train_loader,
+               val_loader, eval_loader(splits.test), num_classes)
+
+
+def part_lrs(run: Run) -> tuple[float, float, float]:
+    """Current learning rate of each part; an empty part reports its configured lr, scaled alike."""
+    base = dict(zip(PARTS, run.cfg.part_lrs()))
+    current = {g["part"]: g["lr"] for g in run.optimizer.param_groups}
+    any_part = next(iter(current))
+    scale = current[any_part] / base[any_part]
+    return tuple(current.get(p, base[p] * scale) for p in PARTS)  # type: ignore[return-value]
