@@ -1,0 +1,298 @@
+"""The results store: one row per training run and one per epoch, next to Optuna's tables.
+
+The schema is a contract: `analysis/`, notebooks and users' own SQL read these names directly.
+- ``nbtl_runs``: one row per run (search trial, default-grid point or final retraining), written
+  when the run starts and completed when it ends, so a crashed, pruned or failed run keeps its
+  row and its epochs.
+- ``nbtl_epochs``: the per-epoch metrics of a run, unique per (run_id, epoch).
+
+``config`` and ``lrs`` are JSON text (portable, and read by pandas as is); NaN metrics are
+stored as NULL; times are UTC (PostgreSQL ``timestamptz``; SQLite keeps them without offset).
+Every method is one short transaction, because workers in other processes and on other hosts
+write to the same tables concurrently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import socket
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from nbtl_search.storage import (
+    StorageError, check_url, describe, enable_wal, engine_kwargs, is_schema_race,
+)  # fmt: skip
+
+RUN_STATES = ("running", "complete", "pruned", "failed")
+ROLES = ("search", "default", "final")
+FINAL_OF = ("search", "default")
+
+# Fields that say how or where a run executes, not what it trains: two runs that differ only
+# in these have the same hyperparameters and must hash the same.
+HASH_EXCLUDED = frozenset({
+    "seed", "device", "output", "resume", "workers", "eval_test", "save_test_predictions",
+    "checkpoint", "limit_train_batches", "limit_eval_batches", "train_split",
+})  # fmt: skip
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """A timezone-aware UTC datetime on every backend (SQLite keeps no offset: stored as UTC)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"datetime must be timezone-aware, got {value!r}")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None or value.tzinfo is None:  # SQLite: the stored value is UTC
+            return value and value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+metadata = sa.MetaData()
+
+# Explicit columns: this is the contract that analysis/ and users' SQL read.
+runs_table = sa.Table(
+    "nbtl_runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("study", sa.String, nullable=False),
+    sa.Column("role", sa.String, nullable=False),  # ROLES
+    sa.Column("trial_number", sa.Integer),
+    sa.Column("dataset", sa.String, nullable=False),
+    sa.Column("model", sa.String, nullable=False),
+    sa.Column("config", sa.Text, nullable=False),  # JSON of TrainConfig.to_dict()
+    sa.Column("config_hash", sa.String, nullable=False),
+    sa.Column("seed", sa.Integer, nullable=False),
+    sa.Column("state", sa.String, nullable=False),  # RUN_STATES
+    sa.Column("val_top1", sa.Float),  # best over the epochs
+    sa.Column("best_epoch", sa.Integer),
+    sa.Column("epochs_run", sa.Integer, nullable=False, default=0),
+    sa.Column("test_top1", sa.Float),
+    sa.Column("test_top5", sa.Float),
+    sa.Column("wall_s", sa.Float),
+    sa.Column("images_per_s", sa.Float),
+    sa.Column("device", sa.String, nullable=False),
+    sa.Column("host", sa.String, nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("finished_at", UTCDateTime),
+    sa.Column("source_run_id", sa.Integer),  # final runs: the run whose config they retrain
+    sa.Column("final_of", sa.String),  # final runs: FINAL_OF
+    sa.Column("predictions_path", sa.String),  # final runs: test softmax file
+    sa.Index("ix_nbtl_runs_study_role", "study", "role"),
+)
+
+epochs_table = sa.Table(
+    "nbtl_epochs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("nbtl_runs.id"), nullable=False, index=True),
+    sa.Column("epoch", sa.Integer, nullable=False),
+    sa.Column("train_loss", sa.Float),
+    sa.Column("val_loss", sa.Float),
+    sa.Column("val_top1", sa.Float),
+    sa.Column("val_top5", sa.Float),
+    sa.Column("lrs", sa.Text, nullable=False),  # JSON list [new, upper, lower]
+    sa.Column("penalty", sa.Float),
+    sa.Column("seconds", sa.Float),
+    sa.UniqueConstraint("run_id", "epoch", name="uq_nbtl_epochs_run_epoch"),
+)
+
+
+def config_hash(config_dict: dict[str, Any]) -> str:
+    """sha256[:16] of the canonical JSON of the config without the `HASH_EXCLUDED` fields.
+
+    Numbers are compared as floats, so ``weight_decay=0`` and ``0.0`` hash the same.
+    """
+    kept = {k: _canonical(v) for k, v in config_dict.items() if k not in HASH_EXCLUDED}
+    text = json.dumps(kept, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class ResultStore:
+    """Runs and epochs in the tables ``nbtl_runs`` / ``nbtl_epochs`` at one storage URL."""
+
+    def __init__(self, url: str) -> None:
+        check_url(url)
+        self.url = url
+        try:
+            self._engine = sa.create_engine(url, **engine_kwargs(url))
+            _create_tables(self._engine)
+            enable_wal(self._engine)
+        except (sa.exc.SQLAlchemyError, ImportError) as error:
+            raise StorageError(describe(url, error)) from error
+
+    def start_run(
+        self,
+        *,
+        study: str,
+        role: str,
+        config: dict[str, Any],
+        seed: int,
+        device: str,
+        trial_number: int | None = None,
+        source_run_id: int | None = None,
+        final_of: str | None = None,
+    ) -> int:
+        """Insert a ``running`` run; `dataset` and `model` are read from `config`."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+        if final_of is not None and final_of not in FINAL_OF:
+            raise ValueError(f"final_of must be one of {FINAL_OF} or None, got {final_of!r}")
+        missing = [k for k in ("dataset", "model") if k not in config]
+        if missing:
+            raise ValueError(f"config lacks {', '.join(missing)}")
+        row = dict(
+            study=study, role=role, trial_number=trial_number, dataset=str(config["dataset"]),
+            model=str(config["model"]), config=json.dumps(config, sort_keys=True),
+            config_hash=config_hash(config), seed=int(seed), state="running", epochs_run=0,
+            device=device, host=socket.gethostname(), started_at=_now(),
+            source_run_id=source_run_id, final_of=final_of,
+        )  # fmt: skip
+        with self._engine.begin() as conn:
+            return int(conn.execute(runs_table.insert().values(**row)).inserted_primary_key[0])
+
+    def add_epoch(
+        self,
+        run_id: int,
+        *,
+        epoch: int,
+        train_loss: float | None,
+        val_loss: float | None,
+        val_top1: float | None,
+        val_top5: float | None,
+        lrs: list[float] | tuple[float, ...],
+        penalty: float | None,
+        seconds: float | None,
+    ) -> None:
+        """Record one epoch; reporting the same epoch again (a resumed run) replaces it."""
+        values = dict(
+            train_loss=_float(train_loss), val_loss=_float(val_loss), val_top1=_float(val_top1),
+            val_top5=_float(val_top5), lrs=json.dumps([float(v) for v in lrs]),
+            penalty=_float(penalty), seconds=_float(seconds),
+        )  # fmt: skip
+        dialect = sqlite if self._engine.dialect.name == "sqlite" else postgresql
+        insert = dialect.insert(epochs_table).values(run_id=run_id, epoch=epoch, **values)
+        upsert = insert.on_conflict_do_update(index_elements=["run_id", "epoch"], set_=values)
+        with self._engine.begin() as conn:
+            conn.execute(upsert)
+
+    def finish_run(
+        self,
+        run_id: int,
+        *,
+        state: str,
+        val_top1: float | None = None,
+        best_epoch: int | None = None,
+        epochs_run: int | None = None,
+        test_top1: float | None = None,
+        test_top5: float | None = None,
+        wall_s: float | None = None,
+        images_per_s: float | None = None,
+        error: str | None = None,
+        predictions_path: str | None = None,
+    ) -> None:
+        """Mark a run finished. Values left None keep the row's, except that `val_top1`,
+        `best_epoch` and `epochs_run` default to what its stored epochs say: a pruned or failed
+        run reports how far it got without the caller keeping count."""
+        if state not in RUN_STATES or state == "running":
+            raise ValueError(f"state must be one of {RUN_STATES[1:]}, got {state!r}")
+        values = {k: v for k, v in dict(
+            val_top1=_float(val_top1), best_epoch=best_epoch, epochs_run=epochs_run,
+            test_top1=_float(test_top1), test_top5=_float(test_top5), wall_s=_float(wall_s),
+            images_per_s=_float(images_per_s), error=error, predictions_path=predictions_path,
+        ).items() if v is not None}  # fmt: skip
+        if not self._finish(run_id, state, values, only_running=False):
+            raise ValueError(f"no run with id {run_id} in {self.url}")
+
+    def mark_lost(self, run_id: int, error: str) -> bool:
+        """Fail a run still ``running`` whose worker died (Optuna failed its trial for a stale
+        heartbeat). A run that finished meanwhile keeps its state. True if the row changed."""
+        return self._finish(run_id, "failed", {"error": error}, only_running=True)
+
+    def _finish(self, run_id: int, state: str, values: dict[str, Any], only_running: bool) -> bool:
+        with self._engine.begin() as conn:
+            columns = sa.select(epochs_table.c.epoch, epochs_table.c.val_top1)
+            done = conn.execute(columns.where(epochs_table.c.run_id == run_id)).all()
+            scored = sorted((epoch, top1) for epoch, top1 in done if top1 is not None)
+            if scored and "val_top1" not in values:
+                best_epoch, values["val_top1"] = max(scored, key=lambda pair: pair[1])
+                values.setdefault("best_epoch", best_epoch)  # max(): the first epoch wins a tie
+            values.setdefault("epochs_run", len(done))
+            update = runs_table.update().where(runs_table.c.id == run_id)
+            if only_running:
+                update = update.where(runs_table.c.state == "running")
+            result = conn.execute(update.values(state=state, finished_at=_now(), **values))
+            return result.rowcount > 0
+
+    def runs(self, study: str | None = None, role: str | None = None) -> list[dict[str, Any]]:
+        """Runs in id order, optionally of one study and/or role; ``config`` parsed to a dict."""
+        query = sa.select(runs_table).order_by(runs_table.c.id)
+        if study is not None:
+            query = query.where(runs_table.c.study == study)
+        if role is not None:
+            query = query.where(runs_table.c.role == role)
+        return self._rows(query, json_column="config")
+
+    def epochs(self, run_id: int) -> list[dict[str, Any]]:
+        """Epochs of one run in epoch order; ``lrs`` parsed to a list."""
+        query = sa.select(epochs_table).where(epochs_table.c.run_id == run_id)
+        query = query.order_by(epochs_table.c.epoch)
+        return self._rows(query, json_column="lrs")
+
+    def _rows(self, query: sa.Select, json_column: str) -> list[dict[str, Any]]:
+        with self._engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(query)]
+        for row in rows:
+            row[json_column] = json.loads(row[json_column])
+        return rows
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+def _create_tables(engine: sa.Engine, attempts: int = 8) -> None:
+    # Several workers may open a fresh database together: the loser of a CREATE TABLE race gets
+    # "already exists" (or PostgreSQL's duplicate pg_type key); the re-check then finds the table.
+    for attempt in range(attempts):
+        try:
+            metadata.create_all(engine, checkfirst=True)
+            return
+        except sa.exc.SQLAlchemyError as error:
+            if attempt + 1 == attempts or not is_schema_race(error):
+                raise
+
+
+def _canonical(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    return str(value)
+
+
+def _float(value: float | None) -> float | None:
+    # SQLite turns NaN into NULL, PostgreSQL keeps it: NULL on both reads the same everywhere.
+    if value is None or math.isnan(float(value)):
+        return None
+    return float(value)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)

@@ -1,0 +1,75 @@
+"""Shared fixtures: storage URLs for the same tests on SQLite and on PostgreSQL.
+
+PostgreSQL comes from ``NBTL_TEST_PG`` (default ``postgresql://postgres@127.0.0.1:5432/test``, a
+server with trust auth); each test gets a fresh database, dropped afterwards. Without a server
+the PostgreSQL cases are skipped, except in CI (``CI`` set), where they fail: there a missing
+server is a broken pipeline, not a choice (``.ci/postgres.sh`` provides one).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _pg_base() -> str:
+    return os.environ.get("NBTL_TEST_PG", PG_DEFAULT)
+
+
+def _admin_connect(base: str):  # -> psycopg.Connection
+    import psycopg
+
+    url = make_url(base).set(drivername="postgresql")  # libpq does not know "+psycopg"
+    conninfo = url.render_as_string(hide_password=False)
+    return psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
+
+
+@pytest.fixture(scope="session")
+def _pg_server() -> str | None:
+    """None if the server answers, else why not (checked once per session)."""
+    try:
+        _admin_connect(_pg_base()).close()
+    except Exception as error:  # noqa: BLE001 - any failure means "not reachable"
+        return f"{type(error).__name__}: {str(error).strip().splitlines()[0]}"
+    return None
+
+
+@pytest.fixture
+def pg_url(_pg_server: str | None) -> Iterator[str]:
+    """A fresh PostgreSQL database as a SQLAlchemy URL (psycopg 3 driver)."""
+    if _pg_server is not None:
+        shown = make_url(_pg_base()).render_as_string(hide_password=True)
+        message = f"PostgreSQL not reachable at {shown}: {_pg_server}"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+
+    name = f"nbtl_t_{uuid.uuid4().hex[:8]}"
+    with _admin_connect(_pg_base()) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(_pg_base()).set(drivername="postgresql+psycopg", database=name)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with _admin_connect(_pg_base()) as conn:
+            # FORCE: a test that failed may have left worker processes connected.
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A fresh SQLite database file (not created yet) in the test's own folder."""
+    return f"sqlite:///{tmp_path / 'nbtl.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request: pytest.FixtureRequest) -> str:
+    """The same test against every supported backend (Optuna's StorageTestCase style)."""
+    return request.getfixturevalue({"sqlite": "sqlite_url", "postgresql": "pg_url"}[request.param])

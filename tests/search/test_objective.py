@@ -1,0 +1,78 @@
+"""The objective bridge: trainer outcomes -> Optuna states and nbtl run rows (fake trainer)."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from nbtl_search.objective import Objective
+from nbtl_search.results import ResultStore
+from nbtl_search.spec import parse_spec
+from nbtl_search.storage import open_storage
+from tests.search import fakes
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+def _study(url: str, pruner=None) -> optuna.Study:
+    return optuna.create_study(study_name="s", storage=open_storage(url, heartbeat=False),
+                               direction="maximize", pruner=pruner or optuna.pruners.NopPruner())
+
+
+def _objective(url: str, lr: float, mode: str = "best", epochs: int = 4) -> Objective:
+    spec = parse_spec(fakes.spec_dict(train={"epochs": epochs}))
+    return Objective(make_config=lambda t: spec.base_config(lrs=(lr,), new_layers=2),
+                     store=ResultStore(url), study_name="s", role="search", mode=mode,
+                     fit=fakes.fake_fit)
+
+
+def test_reported_values_reach_optuna_and_the_tables(sqlite_url: str) -> None:
+    study = _study(sqlite_url)
+    objective = _objective(sqlite_url, lr=0.1)
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[0]
+    expected = [70.0 * e / 4 for e in range(1, 5)]
+    assert trial.state == TrialState.COMPLETE
+    assert trial.intermediate_values == dict(enumerate(expected, start=1))
+    assert trial.value == pytest.approx(70.0)
+    (run,) = objective.store.runs(study="s")
+    assert (run["state"], run["trial_number"], run["epochs_run"]) == ("complete", 0, 4)
+    assert run["val_top1"] == pytest.approx(70.0) and run["best_epoch"] == 4
+    assert [e["val_top1"] for e in objective.store.epochs(run["id"])] == pytest.approx(expected)
+
+
+def test_mode_last_takes_the_last_epoch(sqlite_url: str) -> None:
+    study = _study(sqlite_url)
+    study.optimize(_objective(sqlite_url, lr=0.1, mode="last", epochs=3), n_trials=1)
+    assert study.trials[0].value == pytest.approx(70.0)
+
+
+def test_prune_stops_the_loop_and_keeps_the_history(sqlite_url: str) -> None:
+    # prunes as soon as a value below 1000 is reported: after epoch 1
+    study = _study(sqlite_url, pruner=optuna.pruners.ThresholdPruner(lower=1000.0))
+    objective = _objective(sqlite_url, lr=0.1)
+    study.optimize(objective, n_trials=1)
+    assert study.trials[0].state == TrialState.PRUNED
+    (run,) = objective.store.runs(study="s")
+    assert (run["state"], run["epochs_run"]) == ("pruned", 1)
+    assert len(objective.store.epochs(run["id"])) == 1
+
+
+@pytest.mark.parametrize("lr, reason", [(fakes.FAIL_LR, "out of memory"), (fakes.NAN_LR, "finite")])
+def test_failures_become_failed_trials_and_the_worker_goes_on(sqlite_url: str, lr: float,
+                                                             reason: str) -> None:
+    study = _study(sqlite_url)
+    objective = _objective(sqlite_url, lr=lr)
+    study.optimize(objective, n_trials=2, catch=(Exception,))  # what a worker does
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
+    assert reason in study.trials[0].user_attrs["fail_reason"]
+    runs = objective.store.runs(study="s")
+    assert [r["state"] for r in runs] == ["failed", "failed"]
+    assert reason in runs[0]["error"]
+    if lr == fakes.NAN_LR:  # the epochs that ran are kept, NaN stored as NULL
+        assert len(objective.store.epochs(runs[0]["id"])) == 4
+        assert all(e["val_top1"] is None or math.isnan(e["val_top1"])
+                   for e in objective.store.epochs(runs[0]["id"]))
