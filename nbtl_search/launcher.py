@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from optuna.storages import fail_stale_trials
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from .objective import WORKER_ATTR
 from .spec import StudySpec
-from .storage import open_storage
+from .storage import ensure_schema, fail_stale_trials, open_storage
 from .worker import Role, finished_trials, prepare_study
 
 MAX_RESTARTS = 3  # per slot: a worker that keeps crashing is a bug to look at, not to loop on
@@ -52,8 +51,8 @@ def launch(spec: StudySpec, url: str, role: Role, slots: list[Slot], *, budget: 
            timeout: float | None = None, log_dir: Path, console: Console | None = None) -> int:
     """Run the study to its budget with `slots` worker processes; returns the number of failures."""
     console = console or Console(stderr=True)
-    storage = open_storage(url)
-    study = prepare_study(spec, storage, role)  # once, before any worker: no schema race
+    ensure_schema(url)  # Optuna's and nbtl's tables, once, before any worker: no schema race
+    study = prepare_study(spec, open_storage(url), role)
     target = role.budget(spec, budget)
     log_dir.mkdir(parents=True, exist_ok=True)
     index = {slot.name: i for i, slot in enumerate(slots)}

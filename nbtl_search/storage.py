@@ -228,3 +228,9 @@ def _parse(url: str) -> URL:
 
 def _masked(url: URL) -> str:
     return url.render_as_string(hide_password=True)
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail (and, with heartbeat retries, re-queue) trials whose worker stopped sending heartbeats.
+    Optuna calls this before each trial; the launcher calls it when a worker has died."""
+    _quiet(optuna.storages.fail_stale_trials, study)

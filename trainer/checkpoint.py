@@ -1,4 +1,11 @@
-"""Checkpoints: `last.pth` holds everything needed to resume bit-for-bit; `best.pth` only weights."""
+"""Checkpoints: `last.pth` holds everything needed to resume; `best.pth` only the weights.
+
+A resumed run reproduces the uninterrupted one bit for bit (model, optimiser, scheduler, AMP scaler
+and every RNG are restored; tested on CPU) when the images are loaded in the main process
+(`workers=0`). With DataLoader workers it continues from the same state but with another
+augmentation stream: persistent workers carry their own RNGs from epoch to epoch, and those are
+re-seeded (from the restored loader generator) only when the workers start.
+"""
 
 from __future__ import annotations
 
@@ -56,14 +63,20 @@ def load_checkpoint(path: str | Path, run: Run) -> tuple[list[EpochMetrics], tup
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # any unpickling error means the file is not ours
-        raise InputError(f"resume checkpoint {path} is not readable: {e}") from e
+        raise InputError(f"resume checkpoint {path} is not readable "
+                         f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
     if not isinstance(state, dict) or "history" not in state:
         raise InputError(f"{path} is not a last.pth checkpoint written by the trainer")
     if state["model_name"] != run.cfg.model:
         raise InputError(f"resume checkpoint {path} is for model {state['model_name']!r}, "
                          f"not {run.cfg.model!r}")
-    run.model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
+    try:
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:  # another num_classes, new_layers or num_low
+        detail = " ".join(str(e).split())[:300] or type(e).__name__  # torch's message spans lines
+        raise InputError(f"resume checkpoint {path} does not match this run's config "
+                         f"(resume with the config it was written with): {detail}") from e
     if run.scheduler and state["scheduler"]:
         run.scheduler.load_state_dict(state["scheduler"])
     if run.scaler and state["scaler"]:

@@ -12,13 +12,27 @@ import sys
 from .config import InputError, TrainConfig
 from .report import Decision, EpochMetrics
 
+DIFFERENCES = """\
+where the flags differ from the original (timm 0.4 train.py fork) code:
+  --L2SP_rates  is honoured: 1 rate for every part or 3 (new, upper, lower); the new part's rate
+                pulls towards zero (L2), the others towards the pre-trained weights (L2-SP). --L2SP
+                is accepted for the seed's scripts; the rates alone decide (0 = off).
+  --lr, --num-lowlrs, --new-layers  define the parts new / upper / lower as in DESIGN.md, for any
+                timm model (layers from timm's group_matcher; Inception-v4: classifier + 22 blocks).
+  --model       any timm model (the original hard-wired Inception-v4).
+  --test        evaluates a separate test split after the last epoch; the search only sees val.
+  --native-amp  is an alias of --amp fp16; --amp bf16 is new.
+bad input exits 2 with one line on stderr; a failed run exits 1 (NBTL_DEBUG=1 shows the traceback)."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m trainer", argument_default=argparse.SUPPRESS,
-        description="Non-binary fine-tuning of a timm model (defaults: trainer/config.py).")
+        description="Non-binary fine-tuning of a timm model (defaults: trainer/config.py).",
+        epilog=DIFFERENCES, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
-    a("--dataset", help="caltech256_30 | stanford_cars | fgvc_aircraft | dtd | imagenet | imagefolder | digits | shapes")
+    a("--dataset", help="caltech256_30 | stanford_cars | fgvc_aircraft | dtd | imagenet | imagefolder | "
+                        "digits | shapes")
     a("--data_dir", "--data-dir", dest="data_dir")
     a("--num-classes", dest="num_classes", type=int)
     a("--img-size", dest="img_size", type=int)
@@ -48,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--mixup", type=float)
     a("--cutmix", type=float)
     a("--smoothing", type=float)
+    a("--scale", dest="crop_scale", type=float, nargs=2, metavar=("LOW", "HIGH"),
+      help="random-resized crop area range")
+    a("--hflip", type=float, help="horizontal flip probability")
     a("--aa", help="timm auto-augment, e.g. rand-m9-mstd0.5-inc1")
     a("--reprob", type=float)
     a("--remode", choices=["const", "rand", "pixel"])
@@ -89,10 +106,10 @@ class PrintReporter:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .loop import fit  # keep `--help` fast: torch/timm load only for a real run
-
     try:
         cfg = parse_config(argv)
+        from .loop import fit  # after parsing: `--help` and flag errors answer before torch loads
+
         result = fit(cfg, PrintReporter(cfg.epochs))
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -103,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a failed run is one line, not a traceback; NBTL_DEBUG=1 shows it
         if os.environ.get("NBTL_DEBUG"):
             raise
-        print(f"error: training failed: {type(e).__name__}: {e}", file=sys.stderr)
+        detail = " ".join(str(e).split())  # one line, also for torch's multi-line messages
+        print(f"error: training failed: {type(e).__name__}: {detail}", file=sys.stderr)
         return 1
     best = f"best val_top1 {result.best_val_top1:.2f} (epoch {result.best_epoch})" \
         if result.best_val_top1 is not None else "no validation split"

@@ -57,6 +57,8 @@ class TrainConfig:
     mixup: float = 0.0
     cutmix: float = 0.0
     smoothing: float = 0.0
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # random-resized crop area range (timm's default)
+    hflip: float = 0.5  # horizontal flip probability
     aa: str | None = None  # timm auto-augment string, e.g. "rand-m9-mstd0.5-inc1"
     reprob: float = 0.0
     remode: str = "pixel"
@@ -76,7 +78,7 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # dataset-specific options
 
     def __post_init__(self) -> None:
-        for name in ("lrs", "l2sp_rates"):
+        for name in ("lrs", "l2sp_rates", "crop_scale"):
             value = getattr(self, name)
             if isinstance(value, (int, float)):
                 value = (float(value),)
@@ -97,6 +99,7 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["lrs"] = list(self.lrs)
         d["l2sp_rates"] = list(self.l2sp_rates)
+        d["crop_scale"] = list(self.crop_scale)
         return d
 
     def to_json(self) -> str:
@@ -142,6 +145,10 @@ def _check(c: TrainConfig) -> None:
             bad(f"{name} must be >= 0, got {getattr(c, name)}")
     if not 0 <= c.smoothing < 1:
         bad(f"smoothing must be in [0, 1), got {c.smoothing}")
+    if len(c.crop_scale) != 2 or not 0 < c.crop_scale[0] <= c.crop_scale[1] <= 1:
+        bad(f"crop_scale takes 2 values 0 < low <= high <= 1, got {list(c.crop_scale)}")
+    if not 0 <= c.hflip <= 1:
+        bad(f"hflip must be in [0, 1], got {c.hflip}")
     if not 0 <= c.reprob <= 1:
         bad(f"reprob must be in [0, 1], got {c.reprob}")
     if c.epochs < 1:

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .checkpoint import load_checkpoint, save_checkpoint, save_weights_only
-from .config import TrainConfig
+from .config import InputError, TrainConfig
 from .report import Decision, EpochMetrics, NullReporter, Reporter, StopReason, TrainResult
 from .setup import Run, build_run, part_lrs
 
@@ -28,6 +28,9 @@ class TrainingDiverged(RuntimeError):
 
 def fit(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     reporter = reporter or NullReporter()
+    if cfg.save_test_predictions and not (cfg.eval_test and cfg.output):
+        # checked before the first step: found after training, it would throw the run away
+        raise InputError("save_test_predictions needs eval_test and an output directory")
     started = time.perf_counter()
     run = build_run(cfg)
     out = Path(cfg.output).expanduser() if cfg.output else None
@@ -58,9 +61,7 @@ def fit(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     test, predictions = None, None
     if cfg.eval_test and stop is StopReason.COMPLETED:
         test, probs, labels = evaluate(run, run.test_loader, keep_probs=cfg.save_test_predictions)
-        if cfg.save_test_predictions:
-            if not out:
-                raise ValueError("save_test_predictions needs an output directory")
+        if cfg.save_test_predictions and out:
             predictions = str(out / "test_predictions.npz")
             np.savez_compressed(predictions, probs=probs, labels=labels)
     result = TrainResult(

@@ -54,7 +54,7 @@ class TrainResult:
     stop_reason: StopReason
     num_classes: int
     device: str
-    test_predictions: str | None = None  # path of test_probs.npy when saved
+    test_predictions: str | None = None  # path of test_predictions.npz (probs, labels) when saved
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader
 
 from .config import InputError, TrainConfig
-from .data import TransformedDataset, build_splits, build_transform
+from .data import Splits, TransformedDataset, build_splits, build_transform
 from .layers import layer_partition, reinit_layers
 from .model import create_model
 from .parts import PARTS, assign_parts, param_groups
@@ -69,6 +69,7 @@ def build_run(cfg: TrainConfig) -> Run:
     device = resolve_device(cfg.device)
     generator = seed_everything(cfg.seed)
     splits = build_splits(cfg)
+    _check_not_empty(cfg, splits)
     num_classes = cfg.num_classes or len(splits.classes)
     if num_classes < len(splits.classes):
         raise InputError(f"num_classes {num_classes} < the dataset's {len(splits.classes)} classes")
@@ -132,6 +133,19 @@ def build_run(cfg: TrainConfig) -> Run:
     return Run(cfg, device, model, optimizer, scheduler, regularizer, criterion,
                nn.CrossEntropyLoss(), mixup, scaler, autocast_dtype, generator, train_loader,
                val_loader, eval_loader(splits.test), num_classes)
+
+
+def _check_not_empty(cfg: TrainConfig, splits: Splits) -> None:
+    """An empty split would only fail at its first evaluation, after an epoch (or a run) of training."""
+    used = [("train", splits.train)]
+    if cfg.train_split == "train":
+        used.append(("val", splits.val))
+    if cfg.eval_test:
+        used.append(("test", splits.test))
+    for name, dataset in used:
+        if len(dataset) == 0:  # type: ignore[arg-type]
+            where = f" in {cfg.data_dir}" if cfg.data_dir else ""
+            raise InputError(f"the {name} split of dataset {cfg.dataset!r}{where} has no images")
 
 
 def part_lrs(run: Run) -> tuple[float, float, float]:

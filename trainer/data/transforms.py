@@ -72,8 +72,9 @@ def build_transform(cfg: TrainConfig, data_config: dict, training: bool) -> Call
         return create_transform(**common, is_training=False, crop_pct=data_config.get("crop_pct"),
                                 crop_mode=data_config.get("crop_mode"))
     try:
-        transform = create_transform(**common, is_training=True, color_jitter=None, auto_augment=cfg.aa,
-                                     re_prob=cfg.reprob, re_mode=cfg.remode)
+        transform = create_transform(**common, is_training=True, scale=cfg.crop_scale, hflip=cfg.hflip,
+                                     color_jitter=None, auto_augment=cfg.aa, re_prob=cfg.reprob,
+                                     re_mode=cfg.remode)
     except (AssertionError, ValueError, KeyError, IndexError) as e:
         # timm parses the aa string with asserts and int(): turn its failure into one clear line.
         raise InputError(f"aa {cfg.aa!r} is not a valid timm auto-augment string ({e!r})") from e
