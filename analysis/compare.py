@@ -121,13 +121,14 @@ def ensemble_accuracy(url: str, study: str, top_k: int) -> float:
     members = ensemble_members(df)
     if members.empty:
         raise AnalysisError(f"study {study!r} has no complete final runs with saved test "
-                            "predictions yet: run the study's final evaluation first")
+                            "predictions yet: run `nbtl-search final STUDY.yaml` first")
     return _ensemble(url, members.head(top_k))
 
 
 def ensemble_members(df: pd.DataFrame) -> pd.DataFrame:
-    """Complete final runs with predictions, best first (see `ensemble_accuracy`)."""
-    finals = df[(df["role"] == "final") & (df["state"] == "complete")
+    """Complete final runs of search configs with predictions, best first (see `ensemble_accuracy`).
+    The default's retrainings are the baseline the ensemble is compared with, never members."""
+    finals = df[(df["role"] == "final") & (df["state"] == "complete") & (df["final_of"] == "search")
                 & df["predictions_path"].notna()].copy()
     source_val = df.set_index("id")["val_top1"]
     finals["_source_val"] = finals["source_run_id"].map(source_val)

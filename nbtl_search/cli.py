@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seeds", type=int, help="seeds per config (default: the study file's final.seeds)")
     f.add_argument("--top-k", type=int, default=1, help="retrain the top K search configs (ensemble)")
     f.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    f.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process")
 
     verb("status", "a table of trials and the best so far")
     verb("best", "print the best config as a study file with fixed values, ready to rerun")

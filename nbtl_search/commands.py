@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+import optuna
 from rich.console import Console
 
 from trainer import InputError
@@ -23,6 +24,7 @@ except ImportError:  # pragma: no cover - analysis ships in the same distributio
 USER_ERRORS = (SpecError, StorageError, StudyMismatch, InputError, AnalysisError)
 
 console = Console()
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress display says what happens
 
 
 def _spec(args: argparse.Namespace) -> tuple[StudySpec, str]:
@@ -72,7 +74,7 @@ def final(args: argparse.Namespace) -> int:
 
     spec, url = _spec(args)
     run_final(spec, url, seeds=args.seeds or spec.final.seeds, top_k=args.top_k,
-              device=args.device or _default_device(), console=console)
+              device=args.device or _default_device(), console=console, jobs=args.jobs)
     _write_note(url, spec)
     import analysis
 

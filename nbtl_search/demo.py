@@ -58,7 +58,7 @@ def run_demo(spec: StudySpec, url: str, console: Console) -> int:
     console.rule("non-binary search")
     launch(spec, url, SEARCH, slots, log_dir=logs / f"{spec.name}-search", console=console)
     console.rule(f"final: best default vs optimal, {spec.final.seeds} seeds, test split")
-    run_final(spec, url, seeds=spec.final.seeds, top_k=1, device="cpu", console=console)
+    run_final(spec, url, seeds=spec.final.seeds, top_k=1, device="cpu", console=console, jobs=2)
     from .notes import write_note
 
     write_note(url, spec)

@@ -3,6 +3,9 @@ seeds and evaluate them on the test split — the only place the test split is e
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from rich.console import Console
@@ -50,44 +53,60 @@ def pick_sources(store: ResultStore, study: str, top_k: int) -> list[tuple[str, 
 
 
 def run_final(spec: StudySpec, url: str, *, seeds: int, top_k: int, device: str,
-              console: Console) -> list[int]:
-    """Train every (source, seed) pair not already done; returns the ids of the final runs."""
-    from trainer import fit
-
-    if seeds < 1 or top_k < 1:
-        raise InputError(f"--seeds and --top-k must be >= 1, got {seeds} and {top_k}")
+              console: Console, jobs: int = 1) -> list[int]:
+    """Train every (source, seed) pair not already done, `jobs` at a time (separate processes);
+    returns the ids of the final runs."""
+    if seeds < 1 or top_k < 1 or jobs < 1:
+        raise InputError(f"--seeds, --top-k and --jobs must be >= 1, got {seeds}, {top_k}, {jobs}")
     store = ResultStore(url)
     folder, base = predictions_root(url, spec.name)
     done = {(r["source_run_id"], r["seed"]): r["id"] for r in store.runs(study=spec.name, role="final")
             if r["state"] == "complete"}
-    ids = []
+    ids, todo = [], []
     for kind, source in pick_sources(store, spec.name, top_k):
         config = TrainConfig.from_dict(source["config"])
-        for i in range(seeds):
-            seed = config.seed + i
+        for seed in range(config.seed, config.seed + seeds):
             if (source["id"], seed) in done:  # rerunning `final` only fills what is missing
                 ids.append(done[(source["id"], seed)])
                 continue
-            out = folder / f"run{source['id']}-seed{seed}"
             cfg = config.replace(seed=seed, train_split="trainval", eval_test=True,
                                  save_test_predictions=True, checkpoint=False, device=device,
-                                 output=str(out), resume=None)
+                                 output=str(folder / f"run{source['id']}-seed{seed}"), resume=None)
             run_id = store.start_run(study=spec.name, role="final", config=cfg.to_dict(), seed=seed,
                                      device=device, source_run_id=source["id"], final_of=kind)
-            console.print(f"final: {kind} config of run {source['id']}, seed {seed} ...")
-            try:
-                result = fit(cfg, EpochRecorder(store, run_id))
-            except Exception as e:  # one bad seed must not lose the others
-                store.finish_run(run_id, state="failed", error=f"{type(e).__name__}: {e}"[:1000])
-                console.print(f"[red]  failed: {type(e).__name__}: {e}")
-                continue
-            path = Path(result.test_predictions)
-            store.finish_run(run_id, state="complete", epochs_run=len(result.history),
-                             test_top1=result.test["top1"], test_top5=result.test["top5"],
-                             wall_s=result.wall_s, images_per_s=result.images_per_s,
-                             predictions_path=str(path.relative_to(base)
-                                                  if path.is_relative_to(base) else path))
-            console.print(f"  test top-1 {result.test['top1']:.2f} ({result.wall_s:.1f}s)")
-            ids.append(run_id)
+            todo.append((run_id, f"{kind} config of run {source['id']}, seed {seed}", cfg))
     store.close()
+    threads = max(1, (os.cpu_count() or 1) // jobs) if device == "cpu" else None
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_train, url, run_id, cfg, str(base), threads): (run_id, what)
+                   for run_id, what, cfg in todo}
+        for future in as_completed(futures):
+            run_id, what = futures[future]
+            console.print(f"final: {what}: {future.result()}")
+            ids.append(run_id)
     return ids
+
+
+def _train(url: str, run_id: int, cfg: TrainConfig, base: str, threads: int | None) -> str:
+    """One final run in its own process; its outcome is recorded in the run's row either way."""
+    import torch
+
+    from trainer import fit
+
+    if threads:
+        torch.set_num_threads(threads)
+    store = ResultStore(url)
+    try:
+        result = fit(cfg, EpochRecorder(store, run_id))
+        path = Path(result.test_predictions)
+        store.finish_run(run_id, state="complete", epochs_run=len(result.history),
+                         test_top1=result.test["top1"], test_top5=result.test["top5"],
+                         wall_s=result.wall_s, images_per_s=result.images_per_s,
+                         predictions_path=str(path.relative_to(base) if path.is_relative_to(base)
+                                              else path))
+        return f"test top-1 {result.test['top1']:.2f} ({result.wall_s:.1f}s)"
+    except Exception as e:  # one bad seed must not lose the others
+        store.finish_run(run_id, state="failed", error=f"{type(e).__name__}: {e}"[:1000])
+        return f"failed: {type(e).__name__}: {e}"
+    finally:
+        store.close()

@@ -92,7 +92,7 @@ FINALS = [
     (25, 2, "default", 1, "complete", 76.0, "preds/run25.npz"),
     (26, 2, "default", 2, "complete", 78.0, "preds/run26.npz"),
 ]
-ENSEMBLE_ORDER = [20, 21, 22, 24, 25, 26]  # ranked by the source run's val_top1, then id
+ENSEMBLE_ORDER = [20, 21, 22]  # search finals only, ranked by the source run's val_top1, then id
 N_TEST, N_CLASSES = 40, 4
 
 EXPECTED = {
