@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover - analysis ships in the same distributio
 
 USER_ERRORS = (SpecError, StorageError, StudyMismatch, InputError, AnalysisError)
 
-console = Console()
+console = Console(soft_wrap=True)  # piped output keeps whole lines (logs, grep)
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress display says what happens
 
 

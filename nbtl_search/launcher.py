@@ -50,7 +50,7 @@ def cpu_slots(workers: int) -> list[Slot]:
 def launch(spec: StudySpec, url: str, role: Role, slots: list[Slot], *, budget: int | None = None,
            timeout: float | None = None, log_dir: Path, console: Console | None = None) -> int:
     """Run the study to its budget with `slots` worker processes; returns the number of failures."""
-    console = console or Console(stderr=True)
+    console = console or Console(soft_wrap=True)
     ensure_schema(url)  # Optuna's and nbtl's tables, once, before any worker: no schema race
     study = prepare_study(spec, open_storage(url), role)
     target = role.budget(spec, budget)

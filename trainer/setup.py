@@ -15,7 +15,7 @@ import timm.loss
 import timm.scheduler
 import torch
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
 
 from .config import InputError, TrainConfig
 from .data import Splits, TransformedDataset, build_splits, build_transform
@@ -23,6 +23,9 @@ from .layers import layer_partition, reinit_layers
 from .model import create_model
 from .parts import PARTS, assign_parts, param_groups
 from .regularize import L2SP
+
+
+EVAL_CACHE_BYTES = 512 * 2**20  # validation sets up to this size are kept as transformed tensors
 
 
 @dataclass
@@ -126,10 +129,15 @@ def build_run(cfg: TrainConfig) -> Run:
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=generator,
                               drop_last=drop_last, **loader_kw)
 
-    def eval_loader(base):
-        return DataLoader(TransformedDataset(base, eval_tf), batch_size=2 * cfg.batch_size, **loader_kw)
+    def eval_loader(base, cache: bool = False):
+        dataset = TransformedDataset(base, eval_tf)
+        c, h, w = data_config["input_size"]
+        if cache and len(dataset) * c * h * w * 4 <= EVAL_CACHE_BYTES:
+            dataset = _materialise(dataset)
+        return DataLoader(dataset, batch_size=2 * cfg.batch_size,
+                          **(loader_kw if not cache else {"num_workers": 0}))
 
-    val_loader = eval_loader(splits.val) if cfg.train_split == "train" else None
+    val_loader = eval_loader(splits.val, cache=True) if cfg.train_split == "train" else None
     return Run(cfg, device, model, optimizer, scheduler, regularizer, criterion,
                nn.CrossEntropyLoss(), mixup, scaler, autocast_dtype, generator, train_loader,
                val_loader, eval_loader(splits.test), num_classes)
@@ -146,6 +154,13 @@ def _check_not_empty(cfg: TrainConfig, splits: Splits) -> None:
         if len(dataset) == 0:  # type: ignore[arg-type]
             where = f" in {cfg.data_dir}" if cfg.data_dir else ""
             raise InputError(f"the {name} split of dataset {cfg.dataset!r}{where} has no images")
+
+
+def _materialise(dataset: TransformedDataset) -> TensorDataset:
+    """Apply the (deterministic) eval transform once: validation runs every epoch, and on small
+    sets decoding + resizing the same images again cost twice the training itself."""
+    images, labels = zip(*(dataset[i] for i in range(len(dataset))))
+    return TensorDataset(torch.stack(images), torch.as_tensor(labels))
 
 
 def part_lrs(run: Run) -> tuple[float, float, float]:
