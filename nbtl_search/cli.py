@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     _slot_args(b)
 
     w = verb("worker", "join a study as ONE worker (how a study spans hosts)")
-    w.add_argument("--device", default="cuda", help="torch device of this worker (default cuda)")
+    w.add_argument("--device", help="torch device of this worker (default: cuda if available)")
     w.add_argument("--gpu", type=int, help="GPU index: sets CUDA_VISIBLE_DEVICES for this worker")
     w.add_argument("--trials", type=int, help="stop this worker after N trials")
     w.add_argument("--budget", type=int, help="override the study's budget of finished trials")

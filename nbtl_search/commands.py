@@ -60,11 +60,17 @@ def _launch(args: argparse.Namespace, role) -> int:
 
 
 def worker(args: argparse.Namespace) -> int:
+    from trainer.setup import resolve_device
+
+    from .preflight import preflight
+
     spec, url = _spec(args)
     if args.gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)  # before torch initialises CUDA
+    device = str(resolve_device(args.device or _default_device()))  # a bad device: exit 2 now
+    preflight(spec)  # this host's data and model, before joining the study
     role = SEARCH if args.role == "search" else DEFAULT
-    opts = WorkerOptions(device=args.device, trials=args.trials, budget=args.budget,
+    opts = WorkerOptions(device=device, trials=args.trials, budget=args.budget,
                          timeout=args.timeout, threads=args.threads, index=args.index)
     return run_worker(spec, url, role, opts)
 

@@ -146,3 +146,24 @@ def _poll_json(url: str, proc: subprocess.Popen, deadline_s: float = 60) -> dict
         except OSError:
             time.sleep(0.2)  # the server is still starting: poll again
     raise AssertionError("dashboard did not answer")
+
+
+def test_final_and_report_say_which_command_to_run_first(tmp_path, capsys) -> None:
+    url = f"sqlite:///{tmp_path / 'nbtl.db'}"
+    path = _write(tmp_path, {**fakes.spec_dict(), "storage": url})
+    code, _, err = _run(capsys, "report", str(path), "--out", str(tmp_path / "r.html"))
+    assert code == 2 and "nbtl-search run" in err  # no database yet
+    run_worker(load_spec(path), url, SEARCH, WorkerOptions(device="cpu", index=0),
+               fit=fakes.fake_fit)
+    for verb in (["final", str(path), "--device", "cpu"],
+                 ["report", str(path), "--out", str(tmp_path / "r.html")]):
+        code, _, err = _run(capsys, *verb)
+        assert code == 2 and "nbtl-search baseline" in err, err
+    assert not (tmp_path / "r.html").exists()  # no empty report written
+
+
+def test_worker_refuses_a_device_this_host_lacks(tmp_path, capsys) -> None:
+    path = _write(tmp_path, {**fakes.spec_dict(), "storage": f"sqlite:///{tmp_path / 'nbtl.db'}"})
+    code, _, err = _run(capsys, "worker", str(path), "--device", "cuda:5")
+    assert code == 2 and "cuda:5" in err
+    assert not (tmp_path / "nbtl.db").exists()

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from nbtl_search.objective import RUN_ID_ATTR
 from nbtl_search.results import ResultStore
-from nbtl_search.storage import open_storage
+from nbtl_search.storage import fail_stale_trials, open_storage
 from tests.search import fakes
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -74,7 +74,7 @@ def test_a_killed_workers_trial_is_failed_and_retried(sqlite_url: str, tmp_path:
     study = optuna.load_study(study_name="fake", storage=storage)
     assert [t.state for t in study.trials] == [TrialState.RUNNING]
     # what every worker does before its next trial, and the launcher after a worker dies
-    _wait_for(lambda: optuna.storages.fail_stale_trials(study) or
+    _wait_for(lambda: fail_stale_trials(study) or
               study.trials[0].state == TrialState.FAIL, "the heartbeat to go stale")
 
     survivor = ctx.Process(target=fakes.worker_process, args=(sqlite_url, spec, 1))
