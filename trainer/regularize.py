@@ -77,10 +77,9 @@ class L2SP:
                 refs = None if refs is None else [refs[i] for i in keep]
                 if not params:
                     continue
-            if refs is None:
-                torch._foreach_add_(grads, params, alpha=term.rate)
-            else:
-                torch._foreach_add_(grads, torch._foreach_sub(params, refs), alpha=term.rate)
+            torch._foreach_add_(grads, params, alpha=term.rate)
+            if refs is not None:  # r*w - r*w0: no temporary w - w0 (170 MB a step for Inception-v4)
+                torch._foreach_sub_(grads, refs, alpha=term.rate)
 
     @torch.no_grad()
     def penalty(self) -> float:
