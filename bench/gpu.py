@@ -31,7 +31,7 @@ from pathlib import Path
 import timm
 import torch
 
-from cpu import (Clock, base_config, check_same_losses, emit, interleaved, print_table, step_ratios,
+from cpu import (Clock, base_config, check_same_losses, emit, print_table, step_ratios,
                  synthetic_batch, tiny_imagefolder)
 from trainer.config import TrainConfig
 from trainer.loop import evaluate, step

@@ -16,10 +16,7 @@ from .spec import SpecError, StudySpec, load_spec
 from .storage import StorageError, check_url
 from .worker import DEFAULT, SEARCH, StudyMismatch, WorkerOptions, run_worker
 
-try:
-    from analysis import AnalysisError
-except ImportError:  # pragma: no cover - analysis ships in the same distribution
-    AnalysisError = ValueError  # type: ignore[misc,assignment]
+from analysis import AnalysisError
 
 USER_ERRORS = (SpecError, StorageError, StudyMismatch, InputError, AnalysisError)
 
@@ -49,10 +46,14 @@ def _launch(args: argparse.Namespace, role) -> int:
     spec, url = _spec(args)
     slots = slots_from_args(args)  # bad --gpus fails here, before anything is written
     preflight(spec)
-    # failed trials are recorded results (with their reasons), not a failed command
-    launch(spec, url, role, slots, budget=getattr(args, "trials", None),
-           timeout=getattr(args, "timeout", None), log_dir=_log_dir(spec, role))
+    # failed trials are recorded results (with their reasons), not a failed command; dead workers are
+    log_dir = _log_dir(spec, role)
+    crashed = launch(spec, url, role, slots, budget=getattr(args, "trials", None),
+                     timeout=getattr(args, "timeout", None), log_dir=log_dir)
     _write_note(url, spec)
+    if crashed:
+        print(f"error: worker(s) {', '.join(crashed)} kept crashing; see {log_dir}/", file=sys.stderr)
+        return 1
     if role is SEARCH:
         console.print(f"next: nbtl-search status {args.study}   |   "
                       f"optuna-dashboard {url}")

@@ -52,11 +52,13 @@ def run_demo(spec: StudySpec, url: str, console: Console) -> int:
     t0 = time.perf_counter()
     ensure_source(spec, console)
     slots = cpu_slots(2)  # two single-threaded workers use 2 cores better than one with 2 threads
-    logs = Path("nbtl-logs")
-    console.rule("default settings (baseline grid over the learning rate)")
-    launch(spec, url, DEFAULT, slots, log_dir=logs / f"{spec.name}-default", console=console)
-    console.rule("non-binary search")
-    launch(spec, url, SEARCH, slots, log_dir=logs / f"{spec.name}-search", console=console)
+    for role, title in ((DEFAULT, "default settings (baseline grid over the learning rate)"),
+                        (SEARCH, "non-binary search")):
+        console.rule(title)
+        logs = Path("nbtl-logs") / f"{spec.name}-{role.name}"
+        if launch(spec, url, role, slots, log_dir=logs, console=console):
+            console.print(f"[red]workers kept crashing; see {logs}/")
+            return 1
     console.rule(f"final: best default vs optimal, {spec.final.seeds} seeds, test split")
     run_final(spec, url, seeds=spec.final.seeds, top_k=1, device="cpu", console=console, jobs=2)
     from .notes import write_note

@@ -48,8 +48,9 @@ def cpu_slots(workers: int) -> list[Slot]:
 
 
 def launch(spec: StudySpec, url: str, role: Role, slots: list[Slot], *, budget: int | None = None,
-           timeout: float | None = None, log_dir: Path, console: Console | None = None) -> int:
-    """Run the study to its budget with `slots` worker processes; returns the number of failures."""
+           timeout: float | None = None, log_dir: Path, console: Console | None = None) -> list[str]:
+    """Run the study to its budget with `slots` worker processes; returns the names of workers that
+    crashed for good (exited non-zero and were not restarted)."""
     console = console or Console(soft_wrap=True)
     ensure_schema(url)  # Optuna's and nbtl's tables, once, before any worker: no schema race
     study = prepare_study(spec, open_storage(url), role)
@@ -59,6 +60,7 @@ def launch(spec: StudySpec, url: str, role: Role, slots: list[Slot], *, budget: 
     procs = {slot.name: _start(spec, url, role, slot, index[slot.name], budget, timeout, log_dir)
              for slot in slots}
     restarts: Counter[str] = Counter()
+    crashed: list[str] = []
     by_name = {slot.name: slot for slot in slots}
     with Live(_table(study, procs, target), console=console, refresh_per_second=2,
               transient=not console.is_terminal) as live:
@@ -75,13 +77,15 @@ def launch(spec: StudySpec, url: str, role: Role, slots: list[Slot], *, budget: 
                     fail_stale_trials(study)
                     procs[name] = _start(spec, url, role, by_name[name], index[name], budget, timeout,
                                          log_dir)
+                elif code != 0:
+                    crashed.append(name)
             live.update(_table(study, procs, target))
             if procs:
                 time.sleep(0.5)  # display refresh period, not synchronisation
     fail_stale_trials(study)
     counts = Counter(t.state for t in study.get_trials(deepcopy=False))
     console.print(_summary(study, counts, target))
-    return counts[optuna.trial.TrialState.FAIL]
+    return crashed
 
 
 def _start(spec: StudySpec, url: str, role: Role, slot: Slot, index: int, budget: int | None,
