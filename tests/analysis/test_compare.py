@@ -18,18 +18,6 @@ from tests.analysis import db
 from tests.analysis.db import variant
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("db")
-    db.build(folder)
-    return folder
-
-
-@pytest.fixture
-def url(built: Path) -> str:
-    return f"sqlite:///{built / 'nbtl.db'}"
-
-
 def test_runs_flattens_config_per_part(url: str) -> None:
     df = analysis.runs(url, db.STUDY).set_index("id")
     assert db.OTHER not in set(df["study"])

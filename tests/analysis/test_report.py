@@ -20,18 +20,6 @@ REPO = Path(__file__).parents[2]
 NOTEBOOK = REPO / "analysis" / "notebooks" / "optimal_vs_default.ipynb"
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("db")
-    db.build(folder)
-    return folder
-
-
-@pytest.fixture
-def url(built: Path) -> str:
-    return f"sqlite:///{built / 'nbtl.db'}"
-
-
 def test_report_is_one_offline_file_with_every_figure(url: str, tmp_path: Path) -> None:
     out = analysis.write_report(url, db.STUDY, tmp_path / "sub" / "report.html",
                                 reference={"state of the art": 90.0})
