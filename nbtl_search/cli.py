@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default=".", help="folder for runs.csv and epochs.csv")
     rp = verb("report", "write a self-contained HTML report: optimal vs default")
     rp.add_argument("--out", default="report.html")
+    rp.add_argument("--reference", action="append", default=[], metavar="NAME=TOP1",
+                    help="a reference test top-1 for the ladder, e.g. 'state of the art=78.3'")
     d = verb("dashboard", "serve optuna-dashboard on the study's storage")
     d.add_argument("--host", default="127.0.0.1")
     d.add_argument("--port", type=int, default=8080)

@@ -121,7 +121,16 @@ def report(args: argparse.Namespace) -> int:
     from analysis.report import write_report
 
     spec, url = _spec(args)
-    path = write_report(url, spec.name, args.out)
+    reference = {}
+    for item in args.reference:
+        name, _, value = item.rpartition("=")
+        try:
+            reference[name.strip()] = float(value)
+        except ValueError:
+            raise InputError(f"--reference takes NAME=TOP1, got {item!r}") from None
+        if not name.strip():
+            raise InputError(f"--reference takes NAME=TOP1, got {item!r}")
+    path = write_report(url, spec.name, args.out, reference=reference or None)
     console.print(f"wrote {path}")
     return 0
 

@@ -62,11 +62,11 @@ def test_report_notebook_and_dashboard_note_read_the_demo(demo) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-m", "nbtl_search", "report",
                           str(REPO / "studies" / "demo_digits.yaml"), "--storage", url,
-                          "--out", str(work / "report.html")], capture_output=True, text=True,
-                         env=env, timeout=300)
+                          "--out", str(work / "report.html"), "--reference", "from scratch=25.0"],
+                         capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     html = (work / "report.html").read_text()
-    assert "best default" in html and '<script src="http' not in html
+    assert "best default" in html and "from scratch" in html and '<script src="http' not in html
 
     nb = nbformat.read(REPO / "analysis" / "notebooks" / "optimal_vs_default.ipynb", as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
