@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import optuna
 import optuna_dashboard
 import pytest
@@ -77,3 +78,24 @@ def test_report_notebook_and_dashboard_note_read_the_demo(demo) -> None:
     study = optuna.load_study(study_name="demo_digits", storage=url)
     note = optuna_dashboard.get_note(study)
     assert "best default" in note
+
+
+def test_ladder_and_ensemble_on_a_real_study(demo) -> None:
+    work, url, _ = demo
+    row = analysis.compare(url, "demo_digits").iloc[0]
+    ladder = analysis.ladder(url, "demo_digits").set_index("rung")
+    assert ladder.loc["default", "val_top1"] == pytest.approx(row["default_val_top1"])
+    assert ladder.loc["optimal", "val_top1"] == pytest.approx(row["optimal_val_top1"])
+    # every rung is a restriction of "optimal": none can beat it
+    assert (ladder["val_top1"].dropna() <= row["optimal_val_top1"] + 1e-9).all()
+
+    # the ensemble is the averaged softmax of the stored test predictions of the optimum's models
+    finals = [r for r in ResultStore(url).runs(study="demo_digits", role="final")
+              if r["final_of"] == "search"]
+    probs, labels = zip(*((p["probs"], p["labels"]) for p in
+                          (np.load(work / r["predictions_path"]) for r in finals)))
+    by_hand = 100.0 * (np.mean(probs, axis=0).argmax(1) == labels[0]).mean()
+    assert row["ensemble_test_top1"] == pytest.approx(by_hand)
+    # each stored file is the run's own test evaluation
+    single = [100.0 * (p.argmax(1) == labels[0]).mean() for p in probs]
+    assert single == pytest.approx([r["test_top1"] for r in finals], abs=1e-6)
