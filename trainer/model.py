@@ -95,11 +95,6 @@ def _classifier_prefix(model: nn.Module) -> str:
     raise InputError(f"cannot find the classifier of {type(model).__name__}")
 
 
-def save_weights(model: nn.Module, path: str | Path) -> None:
-    """Save a state_dict that `pretrained_file` can load (how a source model is shipped)."""
-    torch.save(model.state_dict(), path)
-
-
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__

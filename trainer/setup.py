@@ -133,9 +133,9 @@ def build_run(cfg: TrainConfig) -> Run:
         dataset = TransformedDataset(base, eval_tf)
         c, h, w = data_config["input_size"]
         if cache and len(dataset) * c * h * w * 4 <= EVAL_CACHE_BYTES:
-            dataset = _materialise(dataset)
-        return DataLoader(dataset, batch_size=2 * cfg.batch_size,
-                          **(loader_kw if not cache else {"num_workers": 0}))
+            # tensors in memory: loader processes would only add pickling
+            return DataLoader(_materialise(dataset), batch_size=2 * cfg.batch_size)
+        return DataLoader(dataset, batch_size=2 * cfg.batch_size, **loader_kw)
 
     val_loader = eval_loader(splits.val, cache=True) if cfg.train_split == "train" else None
     return Run(cfg, device, model, optimizer, scheduler, regularizer, criterion,
