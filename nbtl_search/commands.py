@@ -52,7 +52,8 @@ def _launch(args: argparse.Namespace, role) -> int:
                      timeout=getattr(args, "timeout", None), log_dir=log_dir)
     _write_note(url, spec)
     if crashed:
-        print(f"error: worker(s) {', '.join(crashed)} kept crashing; see {log_dir}/", file=sys.stderr)
+        print(f"error: worker(s) {', '.join(crashed)} stopped early (crashes, or trials that keep "
+              f"failing); see {log_dir}/", file=sys.stderr)
         return 1
     if role is SEARCH:
         console.print(f"next: nbtl-search status {args.study}   |   "

@@ -57,7 +57,7 @@ def run_demo(spec: StudySpec, url: str, console: Console) -> int:
         console.rule(title)
         logs = Path("nbtl-logs") / f"{spec.name}-{role.name}"
         if launch(spec, url, role, slots, log_dir=logs, console=console):
-            console.print(f"[red]workers kept crashing; see {logs}/")
+            console.print(f"[red]workers stopped early (crashes, or failing trials); see {logs}/")
             return 1
     console.rule(f"final: best default vs optimal, {spec.final.seeds} seeds, test split")
     run_final(spec, url, seeds=spec.final.seeds, top_k=1, device="cpu", console=console, jobs=2)

@@ -23,7 +23,7 @@ from rich.table import Table
 from .objective import WORKER_ATTR
 from .spec import StudySpec
 from .storage import ensure_schema, fail_stale_trials, open_storage
-from .worker import Role, finished_trials, prepare_study
+from .worker import GAVE_UP, MAX_FAILURES_IN_A_ROW, Role, finished_trials, prepare_study
 
 MAX_RESTARTS = 3  # per slot: a worker that keeps crashing is a bug to look at, not to loop on
 
@@ -70,7 +70,11 @@ def launch(spec: StudySpec, url: str, role: Role, slots: list[Slot], *, budget: 
                 if code is None:
                     continue
                 del procs[name]
-                if code != 0 and finished_trials(study) < target and restarts[name] < MAX_RESTARTS:
+                if code == GAVE_UP:
+                    console.print(f"[red]worker {name} stopped: {MAX_FAILURES_IN_A_ROW} trials in a "
+                                  f"row failed; reasons in `nbtl-search status`, log: {log_dir / name}.log")
+                    crashed.append(name)
+                elif code != 0 and finished_trials(study) < target and restarts[name] < MAX_RESTARTS:
                     restarts[name] += 1
                     console.print(f"[yellow]worker {name} exited with {code}; restarting "
                                   f"({restarts[name]}/{MAX_RESTARTS}), log: {log_dir / name}.log")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from dataclasses import dataclass
 
 import optuna
@@ -16,7 +17,7 @@ from optuna.trial import TrialState
 
 from trainer import TrainConfig
 
-from .objective import RUN_ID_ATTR, FitFn, Objective
+from .objective import FAIL_REASON_ATTR, RUN_ID_ATTR, FitFn, Objective
 from .results import ResultStore
 from .samplers import baseline_sampler, build_pruner, build_sampler
 from .space import suggest_config
@@ -25,6 +26,8 @@ from .storage import open_storage
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # failed trials never use up the budget
 FINGERPRINT_ATTR = "nbtl_fingerprint"
+MAX_FAILURES_IN_A_ROW = 5
+GAVE_UP = 3  # worker exit code: trials keep failing; restarting it would not help
 
 
 class StudyMismatch(ValueError):
@@ -113,19 +116,40 @@ def run_worker(spec: StudySpec, url: str, role: Role, opts: WorkerOptions,
     if finished_trials(study) >= budget:
         return 0
     store = ResultStore(url)
+    give_up = GiveUp()
     objective = Objective(
         make_config=lambda trial: role.config(trial, spec).replace(device=opts.device),
         store=store, study_name=spec.name, role=role.name, metric=spec.objective.metric,
         mode=spec.objective.mode, worker=f"{socket.gethostname()}:{os.getpid()}", fit=fit)
     try:
         study.optimize(objective, n_trials=opts.trials, timeout=opts.timeout or spec.budget.timeout,
-                       callbacks=[MaxTrialsCallback(budget, states=FINISHED),
+                       callbacks=[MaxTrialsCallback(budget, states=FINISHED), give_up,
                                   lambda study, _: mark_lost_runs(study, store)],
                        catch=(Exception,), gc_after_trial=True)
     finally:
         mark_lost_runs(study, store)
         store.close()
+    if give_up.reason:
+        print(f"error: {MAX_FAILURES_IN_A_ROW} trials in a row failed; the last: {give_up.reason}",
+              file=sys.stderr)
+        return GAVE_UP
     return 0
+
+
+class GiveUp:
+    """Stops this worker after MAX_FAILURES_IN_A_ROW failed trials: failures do not count towards the
+    budget, so a study whose every trial fails (a corrupt file, a bad path on this host) would
+    otherwise run forever."""
+
+    def __init__(self) -> None:
+        self.in_a_row = 0
+        self.reason: str | None = None
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.in_a_row = self.in_a_row + 1 if trial.state == TrialState.FAIL else 0
+        if self.in_a_row >= MAX_FAILURES_IN_A_ROW:
+            self.reason = trial.user_attrs.get(FAIL_REASON_ATTR, "no reason recorded")
+            study.stop()
 
 
 def mark_lost_runs(study: optuna.Study, store: ResultStore) -> None:
@@ -133,5 +157,5 @@ def mark_lost_runs(study: optuna.Study, store: ResultStore) -> None:
     trial (heartbeat), record them as failed too, so the two tables agree."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
         run_id = trial.user_attrs.get(RUN_ID_ATTR)
-        if run_id is not None:
+        if run_id is not None and FAIL_REASON_ATTR not in trial.user_attrs:  # not failed by us
             store.mark_lost(run_id, "worker lost: no heartbeat for the grace period (retried)")

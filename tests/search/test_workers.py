@@ -16,8 +16,11 @@ from optuna.trial import TrialState
 
 from nbtl_search.objective import RUN_ID_ATTR
 from nbtl_search.results import ResultStore
+from nbtl_search.spec import parse_spec
 from nbtl_search.storage import fail_stale_trials, open_storage
+from nbtl_search.worker import GAVE_UP, MAX_FAILURES_IN_A_ROW, SEARCH, WorkerOptions, run_worker
 from tests.search import fakes
+from tests.trainer.trees import make_imagefolder
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -124,3 +127,30 @@ def test_two_cpu_workers_run_the_real_trainer(tmp_path: Path) -> None:
     assert not [t for t in trials if t.state == TrialState.FAIL], \
         [t.user_attrs.get("fail_reason") for t in trials]
     assert len(list((tmp_path / "nbtl-logs" / "tiny-search").glob("cpu*.log"))) == 2
+
+
+def test_a_worker_gives_up_when_every_trial_fails(sqlite_url: str) -> None:
+    """Failed trials never use up the budget, so without this a broken study would run forever."""
+    spec = parse_spec(fakes.spec_dict(search_space={"lr": fakes.FAIL_LR}))
+    code = run_worker(spec, sqlite_url, SEARCH, WorkerOptions(device="cpu", index=0),
+                      fit=fakes.fake_fit)
+    assert code == GAVE_UP
+    runs = ResultStore(sqlite_url).runs(study="fake")
+    assert [r["state"] for r in runs] == ["failed"] * MAX_FAILURES_IN_A_ROW
+    assert all("out of memory" in r["error"] for r in runs)
+
+
+def test_a_corrupt_image_fails_the_trial_with_its_reason(sqlite_url: str, tmp_path: Path) -> None:
+    """The real trainer on a tree with one unreadable JPEG: trials fail, the worker survives them."""
+    data = make_imagefolder(tmp_path, classes=2, per_class=4)
+    bad = sorted((data / "train" / "c0").iterdir())[0]
+    bad.write_bytes(b"this is not a JPEG")
+    spec = parse_spec(fakes.spec_dict(
+        dataset={"name": "imagefolder", "data_dir": str(data), "img_size": 32},
+        train={"epochs": 1, "batch_size": 8}, search_space={"lr": 0.01}))
+    code = run_worker(spec, sqlite_url, SEARCH, WorkerOptions(device="cpu", index=0))
+    assert code == GAVE_UP  # the worker process itself never died
+    trials = _assert_tables_agree(sqlite_url, "fake")
+    assert [t.state for t in trials] == [TrialState.FAIL] * MAX_FAILURES_IN_A_ROW
+    reason = trials[0].user_attrs["fail_reason"]
+    assert "UnidentifiedImageError" in reason and bad.name in reason  # names the file to fix
