@@ -8,6 +8,7 @@ from rich.table import Table
 
 from trainer import InputError
 
+from .objective import FAIL_REASON_ATTR
 from .space import params_to_yaml_space
 from .spec import StudySpec
 from .storage import open_storage
@@ -33,6 +34,8 @@ def status_table(spec: StudySpec, url: str) -> Table:
             seconds = (t.datetime_complete - t.datetime_start).total_seconds() \
                 if t.datetime_complete and t.datetime_start else None
             params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())
+            if FAIL_REASON_ATTR in t.user_attrs:
+                params += f"  [red]{t.user_attrs[FAIL_REASON_ATTR][:200]}[/red]"
             table.add_row(role.name, str(t.number), t.state.name.lower(),
                           f"{t.value:.2f}" if t.value is not None else "-",
                           str(len(t.intermediate_values)), f"{seconds:.0f}" if seconds else "-", params)

@@ -166,3 +166,11 @@ def test_worker_refuses_a_device_this_host_lacks(tmp_path, capsys) -> None:
     code, _, err = _run(capsys, "worker", str(path), "--device", "cuda:5")
     assert code == 2 and "cuda:5" in err
     assert not (tmp_path / "nbtl.db").exists()
+
+
+def test_status_shows_why_a_trial_failed(tmp_path, capsys) -> None:
+    url = f"sqlite:///{tmp_path / 'nbtl.db'}"
+    path = _write(tmp_path, {**fakes.spec_dict(search_space={"lr": fakes.FAIL_LR}), "storage": url})
+    run_worker(load_spec(path), url, SEARCH, WorkerOptions(device="cpu", index=0), fit=fakes.fake_fit)
+    code, out, _ = _run(capsys, "status", str(path))
+    assert code == 0 and "fail" in out and "RuntimeError" in out  # the cell wraps at 80 columns
