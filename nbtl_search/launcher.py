@@ -8,6 +8,7 @@ reached and fails its stale trial (Optuna's heartbeat), so a crash never shrinks
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -20,9 +21,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from .objective import WORKER_ATTR
+from .objective import RUN_ID_ATTR, WORKER_ATTR
+from .results import ResultStore
 from .spec import StudySpec
-from .storage import ensure_schema, fail_stale_trials, open_storage
+from .storage import ensure_schema, fail_stale_trials, fail_trials_of, open_storage
 from .worker import GAVE_UP, MAX_FAILURES_IN_A_ROW, Role, finished_trials, prepare_study
 
 MAX_RESTARTS = 3  # per slot: a worker that keeps crashing is a bug to look at, not to loop on
@@ -70,6 +72,8 @@ def launch(spec: StudySpec, url: str, role: Role, slots: list[Slot], *, budget: 
                 if code is None:
                     continue
                 del procs[name]
+                if code != 0:
+                    _recover_trials(study, url, proc.pid)
                 if code == GAVE_UP:
                     console.print(f"[red]worker {name} stopped: {MAX_FAILURES_IN_A_ROW} trials in a "
                                   f"row failed; reasons in `nbtl-search status`, log: {log_dir / name}.log")
@@ -90,6 +94,20 @@ def launch(spec: StudySpec, url: str, role: Role, slots: list[Slot], *, budget: 
     counts = Counter(t.state for t in study.get_trials(deepcopy=False))
     console.print(_summary(study, counts, target))
     return crashed
+
+
+def _recover_trials(study: optuna.Study, url: str, pid: int) -> None:
+    """The trials a dead local worker was running: failed and re-queued now (not after the heartbeat
+    grace period), and their nbtl runs marked failed too."""
+    label = f"{socket.gethostname()}:{pid}"
+    running = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+               if t.user_attrs.get(WORKER_ATTR) == label]
+    fail_trials_of(study, running)
+    store = ResultStore(url)
+    for t in running:
+        if RUN_ID_ATTR in t.user_attrs:
+            store.mark_lost(t.user_attrs[RUN_ID_ATTR], f"worker lost: {label} died; retried")
+    store.close()
 
 
 def _start(spec: StudySpec, url: str, role: Role, slot: Slot, index: int, budget: int | None,

@@ -234,3 +234,20 @@ def fail_stale_trials(study: optuna.Study) -> None:
     """Fail (and, with heartbeat retries, re-queue) trials whose worker stopped sending heartbeats.
     Optuna calls this before each trial; the launcher calls it when a worker has died."""
     _quiet(optuna.storages.fail_stale_trials, study)
+
+
+def fail_trials_of(study: optuna.Study, running: list[optuna.trial.FrozenTrial]) -> None:
+    """Fail `running` trials at once and re-queue them like stale ones (the heartbeat's retry
+    callback): for trials of a worker the launcher saw die, waiting out the grace period gains
+    nothing. Mirrors `optuna.storages.fail_stale_trials`, which has no public form for given trials."""
+    storage = study._storage
+    callback = storage.get_failed_trial_callback() if hasattr(storage, "get_failed_trial_callback") \
+        else None
+    for trial in running:
+        try:
+            if not storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:  # finished meanwhile by another process
+            continue
+        if callback is not None:
+            _quiet(callback, study, storage.get_trial(trial._trial_id))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from nbtl_search.objective import RUN_ID_ATTR
+from nbtl_search.objective import RUN_ID_ATTR, WORKER_ATTR
 from nbtl_search.results import ResultStore
 from nbtl_search.spec import parse_spec
 from nbtl_search.storage import fail_stale_trials, open_storage
@@ -69,7 +70,7 @@ def test_a_killed_workers_trial_is_failed_and_retried(sqlite_url: str, tmp_path:
     victim = ctx.Process(target=fakes.worker_process,
                          args=(sqlite_url, spec, 0, None, str(hang), 2))
     victim.start()
-    _wait_for(hang.exists, "the victim worker to start its trial")
+    _poll(lambda: hang.exists() or None, "the victim worker to start its trial")
     victim.kill()  # SIGKILL: no chance to clean up, like a lost host
     victim.join()
 
@@ -77,8 +78,8 @@ def test_a_killed_workers_trial_is_failed_and_retried(sqlite_url: str, tmp_path:
     study = optuna.load_study(study_name="fake", storage=storage)
     assert [t.state for t in study.trials] == [TrialState.RUNNING]
     # what every worker does before its next trial, and the launcher after a worker dies
-    _wait_for(lambda: fail_stale_trials(study) or
-              study.trials[0].state == TrialState.FAIL, "the heartbeat to go stale")
+    _poll(lambda: fail_stale_trials(study) or study.trials[0].state == TrialState.FAIL or None,
+          "the heartbeat to go stale")
 
     survivor = ctx.Process(target=fakes.worker_process, args=(sqlite_url, spec, 1))
     survivor.start()
@@ -92,14 +93,6 @@ def test_a_killed_workers_trial_is_failed_and_retried(sqlite_url: str, tmp_path:
     assert len([t for t in trials if t.state in FINISHED]) == 3  # the crash did not shrink the budget
     lost = ResultStore(sqlite_url).runs(study="fake")[0]
     assert lost["state"] == "failed" and "heartbeat" in lost["error"]
-
-
-def _wait_for(condition, what: str, deadline_s: float = 60.0) -> None:
-    end = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)  # polling interval, not synchronisation
 
 
 @pytest.mark.slow
@@ -154,3 +147,54 @@ def test_a_corrupt_image_fails_the_trial_with_its_reason(sqlite_url: str, tmp_pa
     assert [t.state for t in trials] == [TrialState.FAIL] * MAX_FAILURES_IN_A_ROW
     reason = trials[0].user_attrs["fail_reason"]
     assert "UnidentifiedImageError" in reason and bad.name in reason  # names the file to fix
+
+
+@pytest.mark.slow
+def test_run_restarts_a_killed_worker_and_retries_its_trial(tmp_path: Path) -> None:
+    """The `run` supervisor: kill -9 its worker mid-trial; a new worker takes over, the lost trial
+    is failed and re-queued at once (no heartbeat grace period to wait out), the budget is met."""
+    url = f"sqlite:///{tmp_path / 'nbtl.db'}"
+    study = {"name": "tiny", "storage": url, "dataset": {"name": "digits", "img_size": 32},
+             "model": {"name": "test_resnet"}, "train": {"epochs": 30, "limit_eval_batches": 1},
+             "search_space": {"lr": {"type": "categorical", "choices": [0.01, 0.03, 0.1]}},
+             "sampler": {"type": "random", "seed": 0}, "pruner": {"type": "none"},
+             "budget": {"n_trials": 2}}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(study))
+    proc = subprocess.Popen([sys.executable, "-m", "nbtl_search", "run", str(path), "--device", "cpu",
+                             "--workers", "1"], cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        label = _poll(lambda: _training_worker(url), "a worker to be mid-trial")
+        os.kill(int(label.rsplit(":", 1)[1]), signal.SIGKILL)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out[-2000:]
+    assert "restarting" in out
+    trials = _assert_tables_agree(url, "tiny")  # the lost run is `failed` in nbtl_runs too
+    (lost,) = [t for t in trials if t.state == TrialState.FAIL]
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == lost.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == lost.params
+    assert len([t for t in trials if t.state in FINISHED]) >= 2
+
+
+def _training_worker(url: str) -> str | None:
+    """The worker label of a trial that has reported an epoch, if any."""
+    try:
+        study = optuna.load_study(study_name="tiny", storage=open_storage(url, heartbeat=False))
+    except Exception:  # the launcher has not created the study (or the database) yet
+        return None
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.intermediate_values and t.user_attrs.get(WORKER_ATTR):
+            return t.user_attrs[WORKER_ATTR]
+    return None
+
+
+def _poll(get, what: str, deadline_s: float = 120.0):
+    end = time.monotonic() + deadline_s
+    while (value := get()) is None:
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)  # polling interval, not synchronisation
+    return value
