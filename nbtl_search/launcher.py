@@ -82,7 +82,6 @@ def launch(spec: StudySpec, url: str, role: Role, slots: list[Slot], *, budget: 
                     restarts[name] += 1
                     console.print(f"[yellow]worker {name} exited with {code}; restarting "
                                   f"({restarts[name]}/{MAX_RESTARTS}), log: {log_dir / name}.log")
-                    fail_stale_trials(study)
                     procs[name] = _start(spec, url, role, by_name[name], index[name], budget, timeout,
                                          log_dir)
                 elif code != 0:
@@ -120,9 +119,9 @@ def _start(spec: StudySpec, url: str, role: Role, slot: Slot, index: int, budget
         cmd += ["--timeout", str(timeout)]
     if slot.threads:
         cmd += ["--threads", str(slot.threads)]
-    log = open(log_dir / f"{slot.name}.log", "ab")
-    return subprocess.Popen(cmd, env={**os.environ, **slot.env}, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
+    with open(log_dir / f"{slot.name}.log", "ab") as log:  # the child keeps its own copy
+        return subprocess.Popen(cmd, env={**os.environ, **slot.env}, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
 def _table(study: optuna.Study, procs: dict[str, subprocess.Popen], target: int) -> Table:
