@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 
 from trainer import InputError, TrainConfig
 
-from .objective import EpochRecorder
+from .objective import EpochRecorder, failure_reason
 from .results import ResultStore
 from .spec import StudySpec
 
@@ -106,7 +106,7 @@ def _train(url: str, run_id: int, cfg: TrainConfig, base: str, threads: int | No
                                               else path))
         return f"test top-1 {result.test['top1']:.2f} ({result.wall_s:.1f}s)"
     except Exception as e:  # one bad seed must not lose the others
-        store.finish_run(run_id, state="failed", error=f"{type(e).__name__}: {e}"[:1000])
-        return f"failed: {type(e).__name__}: {e}"
+        store.finish_run(run_id, state="failed", error=failure_reason(e))
+        return f"failed: {failure_reason(e)}"
     finally:
         store.close()

@@ -84,8 +84,8 @@ class Objective:
             result = self._fit()(config, reporter)
             value = self._value(result)
         except BaseException as e:
-            trial.set_user_attr(FAIL_REASON_ATTR, _reason(e))  # shown by optuna-dashboard
-            self.store.finish_run(run_id, state="failed", error=_reason(e))
+            trial.set_user_attr(FAIL_REASON_ATTR, failure_reason(e))  # shown by optuna-dashboard
+            self.store.finish_run(run_id, state="failed", error=failure_reason(e))
             _free_memory(e)
             raise  # Optuna records FAIL with this reason; optimize(catch=...) keeps the worker alive
         pruned = reporter.pruned or result.stop_reason is StopReason.REPORTER
@@ -113,7 +113,8 @@ class Objective:
         return float(value)
 
 
-def _reason(e: BaseException) -> str:
+def failure_reason(e: BaseException) -> str:
+    """One line for a run's `error` column: the exception type and the first line of its text."""
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"[:1000]
 

@@ -31,6 +31,12 @@ def _write(tmp_path: Path, data: dict | str, name: str = "study.yaml") -> Path:
     return path
 
 
+def _study(tmp_path: Path, **overrides) -> tuple[Path, str]:
+    """A fake study file whose database lies in the test's folder: (path, url)."""
+    url = f"sqlite:///{tmp_path / 'nbtl.db'}"
+    return _write(tmp_path, {**fakes.spec_dict(**overrides), "storage": url}), url
+
+
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out = capsys.readouterr()
@@ -70,7 +76,7 @@ def test_unreachable_storage_exits_2(tmp_path, capsys) -> None:
 
 
 def test_gpus_that_do_not_exist_exit_2(tmp_path, capsys) -> None:
-    path = _write(tmp_path, {**fakes.spec_dict(), "storage": f"sqlite:///{tmp_path / 'nbtl.db'}"})
+    path, _ = _study(tmp_path)
     code, _, err = _run(capsys, "run", str(path), "--gpus", "0,7")
     assert code == 2 and "GPU" in err
     assert not (tmp_path / "nbtl.db").exists()
@@ -91,8 +97,7 @@ def test_a_study_name_reused_with_another_space_exits_2(tmp_path, capsys) -> Non
 @pytest.fixture
 def finished_study(tmp_path: Path) -> tuple[Path, str]:
     """A study file and its database after a baseline and a search (fake trainer)."""
-    url = f"sqlite:///{tmp_path / 'nbtl.db'}"
-    path = _write(tmp_path, {**fakes.spec_dict(), "storage": url})
+    path, url = _study(tmp_path)
     spec = load_spec(path)
     for role in (DEFAULT, SEARCH):
         run_worker(spec, url, role, WorkerOptions(device="cpu", index=0), fit=fakes.fake_fit)
@@ -148,8 +153,7 @@ def _poll_json(url: str, proc: subprocess.Popen, deadline_s: float = 60) -> dict
 
 
 def test_final_and_report_say_which_command_to_run_first(tmp_path, capsys) -> None:
-    url = f"sqlite:///{tmp_path / 'nbtl.db'}"
-    path = _write(tmp_path, {**fakes.spec_dict(), "storage": url})
+    path, url = _study(tmp_path)
     code, _, err = _run(capsys, "report", str(path), "--out", str(tmp_path / "r.html"))
     assert code == 2 and "nbtl-search run" in err  # no database yet
     run_worker(load_spec(path), url, SEARCH, WorkerOptions(device="cpu", index=0),
@@ -162,15 +166,14 @@ def test_final_and_report_say_which_command_to_run_first(tmp_path, capsys) -> No
 
 
 def test_worker_refuses_a_device_this_host_lacks(tmp_path, capsys) -> None:
-    path = _write(tmp_path, {**fakes.spec_dict(), "storage": f"sqlite:///{tmp_path / 'nbtl.db'}"})
+    path, _ = _study(tmp_path)
     code, _, err = _run(capsys, "worker", str(path), "--device", "cuda:5")
     assert code == 2 and "cuda:5" in err
     assert not (tmp_path / "nbtl.db").exists()
 
 
 def test_status_shows_why_a_trial_failed(tmp_path, capsys) -> None:
-    url = f"sqlite:///{tmp_path / 'nbtl.db'}"
-    path = _write(tmp_path, {**fakes.spec_dict(search_space={"lr": fakes.FAIL_LR}), "storage": url})
+    path, url = _study(tmp_path, search_space={"lr": fakes.FAIL_LR})
     run_worker(load_spec(path), url, SEARCH, WorkerOptions(device="cpu", index=0), fit=fakes.fake_fit)
     code, out, _ = _run(capsys, "status", str(path))
     assert code == 0 and "fail" in out and "RuntimeError" in out  # the cell wraps at 80 columns
