@@ -2,12 +2,30 @@
 
 The *default settings* that a study measures against are these defaults (plus the study's own
 baseline grid), so nothing else in the repository may restate a training default.
+
+Each field also declares its **role** once, in its metadata, and every rule that treats fields by
+kind is derived from it (`fields_with_role`): which fields a search may vary, which ones say only
+where or how a run executes (a worker may override them; a config's hash leaves them out), which
+ones the *default settings* fix to binary transfer, and how the ladder groups the optimum's changes.
+
+| role | fields | searchable | in the config hash |
+|---|---|---|---|
+| data, model | what is trained on (the study's dataset and model sections) | no | yes |
+| location | where this host keeps the data (`data_dir`) | no | no |
+| layers, lrs, regularisation | the transfer settings (ladder rungs, in this order) | yes | yes |
+| recipe | the rest of the training recipe (schedule, augmentation, mixup, ...) | yes | yes |
+| seed | the run's seed (the final evaluation varies it) | no | no |
+| execution, evaluation, test | device and files; train+val / test by `final`; test knobs | no | no |
+
+`binary=True` marks the fields that the default settings fix to their default here (one layer
+re-initialised, one learning rate, no L2-SP, no per-part L2); `vector=True` the per-part vectors
+that a study searches through their per-part axes; `searchable=False` a recipe field a search may not
+vary (`epochs`, the pruner's resource).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,64 +39,85 @@ SCHEDULES = ("step", "cosine", "none")
 AMP_MODES = ("none", "bf16", "fp16")
 REMODES = ("const", "rand", "pixel")
 SPLITS = ("train", "trainval")
+ROLES = ("data", "location", "model", "layers", "lrs", "regularisation", "recipe", "seed",
+         "execution", "evaluation", "test")
+TRANSFER_ROLES = ("layers", "lrs", "regularisation")  # the ladder's rungs, in order
+UNHASHED_ROLES = ("location", "seed", "execution", "evaluation", "test")
+
+
+def _f(default: Any, role: str, *, binary: bool = False, vector: bool = False,
+       searchable: bool = True, factory: bool = False) -> Any:
+    """A field with its default (`factory`: a callable making it) and its role (module docstring)."""
+    assert role in ROLES, role  # a typo here is a bug in this file, not user input
+    metadata = {"role": role, "binary": binary, "vector": vector, "searchable": searchable}
+    if factory:
+        return field(default_factory=default, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     # --- data ---
-    dataset: str = "imagefolder"
-    data_dir: str | None = None
-    img_size: int | None = None  # None: the model's own default input size
-    num_classes: int | None = None  # None: taken from the dataset
-    train_split: str = "train"  # "trainval": fit on train+val (final evaluation), no val metrics
+    dataset: str = _f("imagefolder", "data")
+    data_dir: str | None = _f(None, "location")
+    img_size: int | None = _f(None, "data")  # None: the model's own default input size
+    num_classes: int | None = _f(None, "data")  # None: taken from the dataset
+    # "trainval": fit on train+val (final evaluation), no val metrics
+    train_split: str = _f("train", "evaluation")
     # --- model and transfer ---
-    model: str = "inception_v4"
-    pretrained: bool = False  # timm hub weights
-    pretrained_file: str | None = None  # local checkpoint (state_dict) instead of the hub
-    new_layers: int = 1  # top layers re-initialised; 1 = classifier only (standard fine-tuning)
-    num_low: int = 0  # bottom transferred layers forming the `lower` part
+    model: str = _f("inception_v4", "model")
+    pretrained: bool = _f(False, "model")  # timm hub weights
+    pretrained_file: str | None = _f(None, "model")  # local checkpoint (state_dict) instead of the hub
+    # top layers re-initialised; 1 = classifier only (standard fine-tuning)
+    new_layers: int = _f(1, "layers", binary=True)
+    num_low: int = _f(0, "layers", binary=True)  # bottom transferred layers forming the `lower` part
     # --- optimisation, per part [new, upper, lower]; one value = the same for every part ---
-    lrs: tuple[float, ...] = (0.01,)
-    l2sp_rates: tuple[float, ...] = (0.0,)  # r/2*||w-w0||^2 (new part: r/2*||w||^2)
-    weight_decay: float = 1e-4  # plain L2 towards zero, every part
-    reg_bn: bool = False  # regularise BatchNorm/other norm parameters too
-    reg_bias: bool = False  # regularise biases too
-    opt: str = "sgd"  # sgd: momentum + Nesterov, as in the paper's code
-    momentum: float = 0.9
-    sched: str = "step"
-    decay_epochs: float = 10.0
-    decay_rate: float = 0.1
-    warmup_epochs: int = 0
-    warmup_lr: float = 1e-5
-    min_lr: float = 0.0
-    epochs: int = 30
-    batch_size: int = 32
+    lrs: tuple[float, ...] = _f((0.01,), "lrs", binary=True, vector=True)
+    # r/2*||w-w0||^2 towards the pre-trained weights (new part: none exist, so r/2*||w||^2)
+    l2sp_rates: tuple[float, ...] = _f((0.0,), "regularisation", binary=True, vector=True)
+    l2_rates: tuple[float, ...] = _f((0.0,), "regularisation", binary=True, vector=True)  # r/2*||w||^2
+    weight_decay: float = _f(1e-4, "regularisation")  # plain L2 towards zero, every part (optimiser)
+    reg_bn: bool = _f(False, "regularisation")  # regularise BatchNorm/other norm parameters too
+    reg_bias: bool = _f(False, "regularisation")  # regularise biases too
+    opt: str = _f("sgd", "recipe")  # sgd: momentum + Nesterov, as in the paper's code
+    momentum: float = _f(0.9, "recipe")
+    sched: str = _f("step", "recipe")
+    decay_epochs: float = _f(10.0, "recipe")
+    decay_rate: float = _f(0.1, "recipe")
+    warmup_epochs: int = _f(0, "recipe")
+    warmup_lr: float = _f(1e-5, "recipe")
+    min_lr: float = _f(0.0, "recipe")
+    epochs: int = _f(30, "recipe", searchable=False)  # a search's pruning resource: fixed per study
+    batch_size: int = _f(32, "recipe")
     # --- augmentation and regularisation of the data ---
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    smoothing: float = 0.0
-    crop_scale: tuple[float, float] = (0.08, 1.0)  # random-resized crop area range (timm's default)
-    hflip: float = 0.5  # horizontal flip probability
-    aa: str | None = None  # timm auto-augment string, e.g. "rand-m9-mstd0.5-inc1"
-    reprob: float = 0.0
-    remode: str = "pixel"
+    mixup: float = _f(0.0, "recipe")
+    cutmix: float = _f(0.0, "recipe")
+    smoothing: float = _f(0.0, "recipe")
+    # random-resized crop area range (timm's default)
+    crop_scale: tuple[float, float] = _f((0.08, 1.0), "recipe")
+    hflip: float = _f(0.5, "recipe")  # horizontal flip probability
+    aa: str | None = _f(None, "recipe")  # timm auto-augment string, e.g. "rand-m9-mstd0.5-inc1"
+    reprob: float = _f(0.0, "recipe")
+    remode: str = _f("pixel", "recipe")
     # --- execution ---
-    amp: str = "none"
-    channels_last: bool = False
-    seed: int = 42
-    device: str = "cpu"
-    workers: int = 0
-    output: str | None = None
-    eval_test: bool = False  # evaluate the test split after the last epoch
-    save_test_predictions: bool = False  # write test_probs.npy + test_labels.npy to output
-    checkpoint: bool = True  # write last.pth/best.pth to output (when output is set)
-    resume: str | None = None
-    limit_train_batches: int | None = None  # for fast tests
-    limit_eval_batches: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # dataset-specific options
+    amp: str = _f("none", "recipe")
+    channels_last: bool = _f(False, "execution")
+    seed: int = _f(42, "seed")
+    device: str = _f("cpu", "execution")
+    workers: int = _f(0, "execution")
+    image_cache: bool = _f(True, "execution")  # decode+resize image files once per machine (data/cache.py)
+    output: str | None = _f(None, "execution")
+    eval_test: bool = _f(False, "evaluation")  # evaluate the test split after the last epoch
+    # keep the test softmax and labels in the result (and in OUTPUT/test_predictions.npz)
+    save_test_predictions: bool = _f(False, "evaluation")
+    checkpoint: bool = _f(True, "execution")  # write last.pth/best.pth to output (when output is set)
+    resume: str | None = _f(None, "execution")
+    limit_train_batches: int | None = _f(None, "test")  # for fast tests
+    limit_eval_batches: int | None = _f(None, "test")
+    extra: dict[str, Any] = _f(dict, "data", factory=True)  # dataset options
 
     def __post_init__(self) -> None:
-        for name in ("lrs", "l2sp_rates", "crop_scale"):
+        for name in ("lrs", "l2sp_rates", "l2_rates", "crop_scale"):
             value = getattr(self, name)
             if isinstance(value, (int, float)):
                 value = (float(value),)
@@ -92,6 +131,9 @@ class TrainConfig:
     def part_l2sp(self) -> tuple[float, float, float]:
         return _expand("l2sp_rates", self.l2sp_rates)
 
+    def part_l2(self) -> tuple[float, float, float]:
+        return _expand("l2_rates", self.l2_rates)
+
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
@@ -99,11 +141,9 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["lrs"] = list(self.lrs)
         d["l2sp_rates"] = list(self.l2sp_rates)
+        d["l2_rates"] = list(self.l2_rates)
         d["crop_scale"] = list(self.crop_scale)
         return d
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -114,8 +154,17 @@ class TrainConfig:
         return cls(**d)
 
 
-def field_names() -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(TrainConfig))
+def fields_with_role(*roles: str) -> tuple[str, ...]:
+    """Names of the TrainConfig fields whose role is one of `roles`, in declaration order."""
+    unknown = set(roles) - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown field role(s) {sorted(unknown)}; known: {ROLES}")
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["role"] in roles)
+
+
+def field_flag(name: str, flag: str) -> bool:
+    """A field's `binary`, `vector` or `searchable` flag."""
+    return TrainConfig.__dataclass_fields__[name].metadata[flag]
 
 
 def _expand(name: str, values: tuple[float, ...]) -> tuple[float, float, float]:
@@ -132,10 +181,12 @@ def _check(c: TrainConfig) -> None:
         bad(f"lrs takes 1 or 3 values (new, upper, lower), got {len(c.lrs)}: {list(c.lrs)}")
     if any(v <= 0 for v in c.lrs):
         bad(f"lrs must be > 0, got {list(c.lrs)}")
-    if len(c.l2sp_rates) not in (1, 3):
-        bad(f"l2sp_rates takes 1 or 3 values (new, upper, lower), got {len(c.l2sp_rates)}")
-    if any(v < 0 for v in c.l2sp_rates):
-        bad(f"l2sp_rates must be >= 0, got {list(c.l2sp_rates)}")
+    for name in ("l2sp_rates", "l2_rates"):
+        rates = getattr(c, name)
+        if len(rates) not in (1, 3):
+            bad(f"{name} takes 1 or 3 values (new, upper, lower), got {len(rates)}")
+        if any(not v >= 0 for v in rates):  # `not >=` also refuses NaN
+            bad(f"{name} must be >= 0, got {list(rates)}")
     if c.new_layers < 1:
         bad(f"new_layers must be >= 1 (1 = classifier only), got {c.new_layers}")
     if c.num_low < 0:

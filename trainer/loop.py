@@ -28,9 +28,9 @@ class TrainingDiverged(RuntimeError):
 
 def fit(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     reporter = reporter or NullReporter()
-    if cfg.save_test_predictions and not (cfg.eval_test and cfg.output):
+    if cfg.save_test_predictions and not cfg.eval_test:
         # checked before the first step: found after training, it would throw the run away
-        raise InputError("save_test_predictions needs eval_test and an output directory")
+        raise InputError("save_test_predictions needs eval_test (the predictions are the test split's)")
     started = time.perf_counter()
     run = build_run(cfg)
     out = Path(cfg.output).expanduser() if cfg.output else None
@@ -58,7 +58,7 @@ def fit(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
             stop = StopReason.REPORTER
             break
 
-    test, predictions = None, None
+    test, predictions, probs, labels = None, None, None, None
     if cfg.eval_test and stop is StopReason.COMPLETED:
         test, probs, labels = evaluate(run, run.test_loader, keep_probs=cfg.save_test_predictions)
         if cfg.save_test_predictions and out:
@@ -70,7 +70,7 @@ def fit(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
         wall_s=time.perf_counter() - started,
         images_per_s=train_images / train_seconds if train_seconds else 0.0,
         stop_reason=stop, num_classes=run.num_classes, device=str(run.device),
-        test_predictions=predictions)
+        test_predictions=predictions, test_probs=probs, test_labels=labels)
     if out:
         summary = {"config": cfg.to_dict(), **result.to_dict()}
         (out / "summary.json").write_text(json.dumps(summary, indent=2))

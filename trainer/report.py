@@ -55,9 +55,14 @@ class TrainResult:
     num_classes: int
     device: str
     test_predictions: str | None = None  # path of test_predictions.npz (probs, labels) when saved
+    # with save_test_predictions: the test split's softmax (N x classes) and labels, in memory
+    test_probs: Any = dataclasses.field(default=None, repr=False)
+    test_labels: Any = dataclasses.field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        """The result as JSON-ready values (the arrays stay out: they are in the .npz file)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+             if f.name not in ("test_probs", "test_labels")}
         d["stop_reason"] = self.stop_reason.value
         d["history"] = [dataclasses.asdict(m) for m in self.history]
         return d

@@ -32,17 +32,20 @@ def transferred() -> tuple[nn.Module, dict[str, str], dict[str, torch.Tensor]]:
 
 
 def formula(model: nn.Module, part_of: dict[str, str], rates: tuple[float, float, float],
-            reference: dict[str, torch.Tensor], reg_bn: bool, reg_bias: bool) -> torch.Tensor:
-    """Omega(w) written out: r/2*||w - w0||^2 for upper and lower, r_new/2*||w||^2 for new."""
+            reference: dict[str, torch.Tensor], reg_bn: bool, reg_bias: bool,
+            l2_rates: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> torch.Tensor:
+    """Omega(w) written out: s/2*||w - w0||^2 + l/2*||w||^2 for upper and lower,
+    (s_new + l_new)/2*||w||^2 for new."""
     kinds = param_kinds(model)
     total = torch.zeros((), dtype=torch.float64)
     for name, p in model.named_parameters():
         if not is_regularised(kinds[name], reg_bn, reg_bias):
             continue
         part = part_of[name]
-        r = rates[PARTS.index(part)]
+        r, l2 = rates[PARTS.index(part)], l2_rates[PARTS.index(part)]
         target = torch.zeros_like(p) if part == "new" else reference[name]
         total = total + r / 2 * (p.double() - target.double()).pow(2).sum()
+        total = total + l2 / 2 * p.double().pow(2).sum()
     return total
 
 
@@ -70,6 +73,30 @@ def test_gradient_term_equals_autograd_of_the_formula(
         expected = base[n] + (p.grad if p.grad is not None else 0)
         torch.testing.assert_close(ours[n], expected, rtol=1e-6, atol=1e-6, msg=n)
     assert l2sp.penalty() == pytest.approx(omega.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize(("rates", "l2_rates"), [
+    ((0.0, 0.0, 0.3), (0.0, 0.2, 0.0)),  # the paper's combination: L2-SP lower, L2 upper
+    ((0.1, 0.05, 0.3), (0.2, 0.4, 0.01)),  # both on every part
+    ((0.0, 0.0, 0.0), (0.0, 0.1, 0.1)),  # L2 alone needs no pre-trained weights
+])
+def test_per_part_l2_and_l2sp_together_equal_autograd(rates, l2_rates) -> None:
+    model, part_of, reference = transferred()
+    params = dict(model.named_parameters())
+    for p in params.values():
+        p.grad = torch.zeros_like(p)
+    l2sp = L2SP(model, part_of, rates, reference if any(rates[1:]) else None, reg_bn=False,
+                reg_bias=True, l2_rates=l2_rates)
+    l2sp.add_grad_()
+    ours = {n: p.grad.clone() for n, p in params.items()}
+    model.zero_grad(set_to_none=True)
+    omega = formula(model, part_of, rates, reference, False, True, l2_rates)
+    omega.backward()
+    for n, p in params.items():
+        expected = p.grad if p.grad is not None else torch.zeros_like(p)
+        torch.testing.assert_close(ours[n], expected, rtol=1e-6, atol=1e-6, msg=n)
+    assert l2sp.penalty() == pytest.approx(omega.item(), rel=1e-6)
+    assert l2sp.active
 
 
 def test_regularisation_touches_every_part_and_respects_the_switches() -> None:

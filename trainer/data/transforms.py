@@ -71,6 +71,12 @@ def build_transform(cfg: TrainConfig, data_config: dict, training: bool) -> Call
     if not training:
         return create_transform(**common, is_training=False, crop_pct=data_config.get("crop_pct"),
                                 crop_mode=data_config.get("crop_mode"))
+    if cfg.aa:
+        # timm skips a section without a number ("rand-mX") without a word: refuse it instead
+        for section in cfg.aa.split("-")[1:]:
+            if not any(ch.isdigit() for ch in section):
+                raise InputError(f"aa {cfg.aa!r} is not a valid timm auto-augment string (section "
+                                 f"{section!r} has no value, e.g. m9)")
     try:
         transform = create_transform(**common, is_training=True, scale=cfg.crop_scale, hflip=cfg.hflip,
                                      color_jitter=None, auto_augment=cfg.aa, re_prob=cfg.reprob,
