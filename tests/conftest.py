@@ -31,6 +31,19 @@ def _admin_connect(base: str):  # -> psycopg.Connection
     return psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _image_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Decoded-image caches of the tests' miniature trees go to a temporary folder, never to the
+    user's ~/.cache (subprocesses inherit the variable)."""
+    previous = os.environ.get("NBTL_IMAGE_CACHE_DIR")
+    os.environ["NBTL_IMAGE_CACHE_DIR"] = str(tmp_path_factory.mktemp("image-cache"))
+    yield
+    if previous is None:
+        del os.environ["NBTL_IMAGE_CACHE_DIR"]
+    else:
+        os.environ["NBTL_IMAGE_CACHE_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def _pg_server() -> str | None:
     """None if the server answers, else why not (checked once per session)."""

@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--seed", type=int)
     a("--device")
     a("-j", "--workers", type=int)
+    a("--no-image-cache", dest="image_cache", action="store_false",
+      help="decode the image files in every epoch instead of once per machine (trainer/data/cache.py)")
     a("--output")
     a("--test", dest="eval_test", action="store_true", help="evaluate the test split at the end")
     a("--save-test-predictions", dest="save_test_predictions", action="store_true")
@@ -88,6 +90,8 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     given = vars(build_parser().parse_args(argv))
     if given.pop("l2sp_flag", False) and "l2sp_rates" not in given:
         raise InputError("--L2SP needs --L2SP_rates r [r r]")
+    if given.get("save_test_predictions") and "output" not in given:
+        raise InputError("--save-test-predictions needs --output (the folder for test_predictions.npz)")
     if given.pop("native_amp", False):
         given.setdefault("amp", "fp16")
     return TrainConfig(**given)

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
 
 from .config import InputError, TrainConfig
-from .data import Splits, TransformedDataset, build_splits, build_transform
+from .data import Splits, TransformedDataset, build_splits, build_transform, cache_splits
 from .layers import layer_partition, reinit_layers
 from .model import create_model
 from .parts import PARTS, assign_parts, param_groups
@@ -99,7 +99,8 @@ def build_run(cfg: TrainConfig) -> Run:
             decay_rate=cfg.decay_rate, min_lr=cfg.min_lr, warmup_lr=cfg.warmup_lr,
             warmup_epochs=cfg.warmup_epochs)
     # L2SP copies to the device only the references of parts with a nonzero rate
-    regularizer = L2SP(model, part_of, cfg.part_l2sp(), reference, cfg.reg_bn, cfg.reg_bias)
+    regularizer = L2SP(model, part_of, cfg.part_l2sp(), reference, cfg.reg_bn, cfg.reg_bias,
+                       cfg.part_l2())
     del reference
 
     mixup = None
@@ -117,6 +118,12 @@ def build_run(cfg: TrainConfig) -> Run:
         {"input_size": (3, cfg.img_size, cfg.img_size)} if cfg.img_size else {}, model=model)
     train_tf = build_transform(cfg, data_config, training=True)
     eval_tf = build_transform(cfg, data_config, training=False)
+    if cfg.image_cache:
+        # Decode + resize each image file once per machine, not once per trial and epoch. Here and
+        # not in build_splits: the resize (S) is the eval transform's own first op, known only now;
+        # with it evaluation stays pixel-exact and the loop and transforms do not change
+        # (trainer/data/cache.py says what it does to training crops).
+        splits = cache_splits(splits, cfg, eval_tf)
     train_base = splits.train if cfg.train_split == "train" else ConcatDataset([splits.train, splits.val])
     train_set = TransformedDataset(train_base, train_tf)
     # timm's Mixup needs even batches: drop the last partial batch then (also keeps shapes static).

@@ -2,7 +2,8 @@
 
 Every loader reads a dataset's official on-disk layout (nothing is downloaded) and returns `Splits`
 of `(RGB PIL image, int label)` items; the split rules are in each loader's module docstring
-(`folders`, `cars`, `aircraft`, `synthetic`). `TransformedDataset` turns a split into tensors.
+(`folders`, `cars`, `aircraft`, `synthetic`). `TransformedDataset` turns a split into tensors;
+`cache_splits` serves file-based splits from the decoded-image cache (`cache`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Callable
 from ..config import InputError, TrainConfig
 from .aircraft import fgvc_aircraft
 from .base import ImageArray, ImageFiles, ImageSource, Splits, TransformedDataset
+from .cache import CachedImages, cache_splits
 from .cars import stanford_cars
 from .folders import caltech256_30, dtd, imagefolder, imagenet
 from .synthetic import digits, shapes
@@ -38,5 +40,5 @@ def build_splits(cfg: TrainConfig) -> Splits:
     return builder(cfg)
 
 
-__all__ = ["DATASETS", "ImageArray", "ImageFiles", "ImageSource", "Splits", "TransformedDataset",
-           "build_splits", "build_transform"]
+__all__ = ["DATASETS", "CachedImages", "ImageArray", "ImageFiles", "ImageSource", "Splits",
+           "TransformedDataset", "build_splits", "build_transform", "cache_splits"]

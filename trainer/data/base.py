@@ -1,10 +1,11 @@
 """Where images come from: the one small dataset interface every loader returns.
 
 An `ImageSource` yields `(PIL.Image in RGB, int label)` and exposes its `labels` without decoding.
-Two implementations exist: `ImageFiles` (decodes a file per item: JPEG trees on disk) and
-`ImageArray` (a uint8 `N x H x W x 3` array: the generated sets, and the shape a future
-memory-mapped decoded-image store will take). The training loop only ever sees `TransformedDataset`,
-so swapping one source for another does not touch it.
+Three implementations exist: `ImageFiles` (decodes a file per item: JPEG trees on disk),
+`ImageArray` (a uint8 `N x H x W x 3` array: the generated sets) and `cache.CachedImages` (an
+`ImageFiles` decoded once per machine into a memory-mapped uint8 store, which `setup.build_run`
+swaps in). The training loop only ever sees `TransformedDataset`, so swapping one source for another
+does not touch it.
 
 Also here: the layout checks (`require_dir`, `require_file`) and the fixed-seed per-class splitters
 that every loader shares. Split seeds are constants, never `cfg.seed`: the seed of a run varies the
