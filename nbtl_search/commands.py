@@ -1,4 +1,8 @@
-"""The CLI verbs. Each takes the parsed arguments and returns an exit code."""
+"""The CLI verbs. Each takes the parsed arguments and returns an exit code.
+
+Heavy imports (torch, timm, pandas, plotly) happen inside the verbs that need them, so a worker
+process loads only what training needs.
+"""
 
 from __future__ import annotations
 
@@ -12,23 +16,30 @@ from rich.console import Console
 
 from trainer import InputError
 
-from .spec import SpecError, StudySpec, load_spec
-from .storage import StorageError, check_url
-from .worker import DEFAULT, SEARCH, StudyMismatch, WorkerOptions, run_worker
+from .checks import SpecError
+from .launcher import STORAGE_ENV, exit_with_parent, launch, log_dir
+from .roles import DEFAULT, ROLES, SEARCH, Role
+from .spec import StudySpec, load_spec
+from .storage import StorageError, check_url, masked
+from .worker import StudyMismatch, WorkerOptions, run_worker
 
-from analysis import AnalysisError
-
-USER_ERRORS = (SpecError, StorageError, StudyMismatch, InputError, AnalysisError)
+USER_ERRORS: tuple[type[Exception], ...] = (SpecError, StorageError, StudyMismatch, InputError)
 
 console = Console(soft_wrap=True)  # piped output keeps whole lines (logs, grep)
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress display says what happens
 
 
-def _spec(args: argparse.Namespace) -> tuple[StudySpec, str]:
+def study_and_url(args: argparse.Namespace) -> tuple[StudySpec, str]:
+    """The study file and its storage: --storage, else $NBTL_STORAGE, else the file's `storage`."""
     spec = load_spec(args.study)
-    url = args.storage or spec.storage
-    check_url(url)
+    url = resolve_url(args.storage, spec.storage)
     return spec, url
+
+
+def resolve_url(given: str | None, fallback: str) -> str:
+    url = given if given is not None else os.environ.get(STORAGE_ENV) or fallback
+    check_url(url)  # an empty or malformed URL fails here, not as a database in the current folder
+    return url
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,25 +50,20 @@ def baseline(args: argparse.Namespace) -> int:
     return _launch(args, DEFAULT)
 
 
-def _launch(args: argparse.Namespace, role) -> int:
-    from .launcher import launch
+def _launch(args: argparse.Namespace, role: Role) -> int:
     from .preflight import preflight, slots_from_args
 
-    spec, url = _spec(args)
+    spec, url = study_and_url(args)
     slots = slots_from_args(args)  # bad --gpus fails here, before anything is written
     preflight(spec)
-    # failed trials are recorded results (with their reasons), not a failed command; dead workers are
-    log_dir = _log_dir(spec, role)
     crashed = launch(spec, url, role, slots, budget=getattr(args, "trials", None),
-                     timeout=getattr(args, "timeout", None), log_dir=log_dir)
+                     timeout=getattr(args, "timeout", None), console=console)
     _write_note(url, spec)
     if crashed:
         print(f"error: worker(s) {', '.join(crashed)} stopped early (crashes, or trials that keep "
-              f"failing); see {log_dir}/", file=sys.stderr)
+              f"failing); see {log_dir(spec, role)}/", file=sys.stderr)
         return 1
-    if role is SEARCH:
-        console.print(f"next: nbtl-search status {args.study}   |   "
-                      f"optuna-dashboard {url}")
+    console.print(f"next: nbtl-search status {args.study}   |   optuna-dashboard {masked(url)}")
     return 0
 
 
@@ -66,23 +72,34 @@ def worker(args: argparse.Namespace) -> int:
 
     from .preflight import preflight
 
-    spec, url = _spec(args)
+    exit_with_parent()
+    spec, url = study_and_url(args)
     if args.gpu is not None:
+        if args.device not in (None, "cuda"):
+            raise InputError(f"--gpu {args.gpu} needs --device cuda, got --device {args.device}")
         os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)  # before torch initialises CUDA
-    device = str(resolve_device(args.device or _default_device()))  # a bad device: exit 2 now
+        import torch
+
+        if torch.cuda.device_count() == 0:
+            raise InputError(f"GPU {args.gpu} does not exist on this host (or CUDA is unavailable)")
+    device = str(resolve_device(args.device or ("cuda" if args.gpu is not None else _default_device())))
     preflight(spec)  # this host's data and model, before joining the study
-    role = SEARCH if args.role == "search" else DEFAULT
     opts = WorkerOptions(device=device, trials=args.trials, budget=args.budget,
                          timeout=args.timeout, threads=args.threads, index=args.index)
-    return run_worker(spec, url, role, opts)
+    return run_worker(spec, url, ROLES[args.role], opts)
 
 
 def final(args: argparse.Namespace) -> int:
-    from .final import run_final
+    from .final import FinalOptions, run_final
 
-    spec, url = _spec(args)
-    run_final(spec, url, seeds=args.seeds or spec.final.seeds, top_k=args.top_k,
-              device=args.device or _default_device(), console=console, jobs=args.jobs)
+    spec, url = study_and_url(args)
+    knobs = spec.final
+    opts = FinalOptions(
+        seeds=_given(args.seeds, knobs.seeds), top_k=_given(args.top_k, knobs.top_k),
+        rerank_top_k=_given(args.rerank_top_k, knobs.rerank_top_k),
+        rerank_seeds=_given(args.rerank_seeds, knobs.rerank_seeds),
+        device=args.device or _default_device(), jobs=args.jobs)
+    run_final(spec, url, opts, console)
     _write_note(url, spec)
     import analysis
 
@@ -93,7 +110,7 @@ def final(args: argparse.Namespace) -> int:
 def status(args: argparse.Namespace) -> int:
     from .views import status_table
 
-    spec, url = _spec(args)
+    spec, url = study_and_url(args)
     console.print(status_table(spec, url))
     return 0
 
@@ -101,7 +118,7 @@ def status(args: argparse.Namespace) -> int:
 def best(args: argparse.Namespace) -> int:
     from .views import best_yaml
 
-    spec, url = _spec(args)
+    spec, url = study_and_url(args)
     sys.stdout.write(best_yaml(spec, url))
     return 0
 
@@ -109,11 +126,12 @@ def best(args: argparse.Namespace) -> int:
 def export(args: argparse.Namespace) -> int:
     import analysis
 
-    spec, url = _spec(args)
+    spec, url = study_and_url(args)
     out = Path(args.out)
+    runs, epochs = analysis.runs(url, spec.name), analysis.epochs(url, spec.name)
     out.mkdir(parents=True, exist_ok=True)
-    analysis.runs(url, spec.name).to_csv(out / "runs.csv", index=False)
-    analysis.epochs(url, spec.name).to_csv(out / "epochs.csv", index=False)
+    runs.to_csv(out / "runs.csv", index=False)
+    epochs.to_csv(out / "epochs.csv", index=False)
     console.print(f"wrote {out / 'runs.csv'} and {out / 'epochs.csv'}")
     return 0
 
@@ -121,7 +139,7 @@ def export(args: argparse.Namespace) -> int:
 def report(args: argparse.Namespace) -> int:
     from analysis.report import write_report
 
-    spec, url = _spec(args)
+    spec, url = study_and_url(args)
     reference = {}
     for item in args.reference:
         name, _, value = item.rpartition("=")
@@ -139,11 +157,11 @@ def report(args: argparse.Namespace) -> int:
 def dashboard(args: argparse.Namespace) -> int:
     from optuna_dashboard import run_server
 
-    from .storage import open_storage
+    from .storage import open_rdb
 
-    spec, url = _spec(args)
-    storage = open_storage(url, heartbeat=False)
-    console.print(f"optuna-dashboard for {url} on http://{args.host}:{args.port} (Ctrl-C stops)")
+    spec, url = study_and_url(args)
+    storage = open_rdb(url, heartbeat=False, create=False)
+    console.print(f"optuna-dashboard for {masked(url)} on http://{args.host}:{args.port} (Ctrl-C stops)")
     try:
         run_server(storage, host=args.host, port=args.port)
     except KeyboardInterrupt:
@@ -152,18 +170,15 @@ def dashboard(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
-    from .cli import repo_root
-    from .demo import run_demo
+    from .demo import DEMO_STUDY, run_demo
 
-    study = Path(args.study) if args.study else repo_root() / "studies" / "demo_digits.yaml"
-    spec = load_spec(study)
-    url = args.storage or spec.storage
-    check_url(url)
-    return run_demo(spec, url, console)
+    spec = load_spec(args.study or DEMO_STUDY)
+    url = resolve_url(args.storage, spec.storage)
+    return run_demo(spec, url, console, seed=args.seed)
 
 
-def _log_dir(spec: StudySpec, role) -> Path:
-    return Path("nbtl-logs") / f"{spec.name}-{role.name}"
+def _given(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 def _default_device() -> str:

@@ -1,94 +1,198 @@
-"""`nbtl-search final`: retrain the best default and the best search configs on train+val with several
-seeds and evaluate them on the test split — the only place the test split is ever touched."""
+"""`nbtl-search final`: re-rank, build the ladder, retrain it on train+val and test it — the only
+place the test split is ever touched.
+
+1. Re-ranking (train -> val only): the top `rerank_top_k` configs of the search and of the baseline
+   run again with `rerank_seeds` more seeds; the optimum and the best default are the best means
+   (`selection`).
+2. The ladder from the best default to the optimum (`selection.ladder`) is stored in `nbtl_ladder`.
+3. Every distinct rung config (and the next `top_k - 1` search configs, for the ensemble) is
+   retrained on train+val with the same `seeds` seeds and evaluated on the test split; the test
+   softmax goes into `nbtl_predictions`.
+
+Runs already done are not run again, so rerunning `final` only fills what is missing. Every check
+happens before anything is written.
+"""
 
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Any
 
+import optuna
 from rich.console import Console
-from sqlalchemy.engine import make_url
 
 from trainer import InputError, TrainConfig
 
+from . import edges, selection
+from .axes import axis_values
+from .launcher import cpu_threads
 from .objective import EpochRecorder, failure_reason
-from .results import ResultStore
+from .results import ResultStore, config_hash
+from .roles import DEFAULT, SEARCH
 from .spec import StudySpec
+from .storage import open_rdb
 
 
-def predictions_root(url: str, study: str) -> tuple[Path, Path]:
-    """(folder for prediction files, folder that relative paths in the database are relative to).
-    Next to the SQLite file; in the current folder for a server database."""
-    u = make_url(url)
-    if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:"):
-        base = Path(u.database).expanduser().resolve().parent
-    else:
-        base = Path.cwd()
-    return base / "nbtl-final" / study, base
+@dataclass(frozen=True)
+class FinalOptions:
+    seeds: int
+    top_k: int
+    rerank_top_k: int
+    rerank_seeds: int
+    device: str = "cpu"
+    jobs: int = 1
 
 
-def pick_sources(store: ResultStore, study: str, top_k: int) -> list[tuple[str, dict]]:
-    """The best default run and the top-k search runs with distinct configs, by validation top-1."""
-    def best(role: str, k: int) -> list[dict]:
-        done = [r for r in store.runs(study=study, role=role)
-                if r["state"] == "complete" and r["val_top1"] is not None]
-        done.sort(key=lambda r: (-r["val_top1"], r["id"]))
-        picked, seen = [], set()
-        for r in done:
-            if r["config_hash"] not in seen:
-                seen.add(r["config_hash"])
-                picked.append(r)
-        return picked[:k]
-
-    default, search = best("default", 1), best("search", top_k)
-    if not default:
-        raise InputError(f"study {study!r} has no complete default run: "
-                         f"run `nbtl-search baseline STUDY.yaml` first")
-    if not search:
-        raise InputError(f"study {study!r} has no complete search run: "
-                         f"run `nbtl-search run STUDY.yaml` first")
-    return [("default", default[0])] + [("search", r) for r in search]
+@dataclass(frozen=True)
+class _Job:
+    run_id: int
+    what: str
+    config: TrainConfig
+    test: bool  # a final run (train+val -> test); else a re-ranking run (train -> val)
 
 
-def run_final(spec: StudySpec, url: str, *, seeds: int, top_k: int, device: str,
-              console: Console, jobs: int = 1) -> list[int]:
-    """Train every (source, seed) pair not already done, `jobs` at a time (separate processes);
-    returns the ids of the final runs."""
-    if seeds < 1 or top_k < 1 or jobs < 1:
-        raise InputError(f"--seeds, --top-k and --jobs must be >= 1, got {seeds}, {top_k}, {jobs}")
+def check_ready(spec: StudySpec, url: str, opts: FinalOptions) -> None:
+    """Refuse, before anything is written, what `final` cannot do yet."""
+    for name, value, low in (("--seeds", opts.seeds, 1), ("--top-k", opts.top_k, 1),
+                             ("--rerank-top-k", opts.rerank_top_k, 0),
+                             ("--rerank-seeds", opts.rerank_seeds, 0), ("--jobs", opts.jobs, 1)):
+        if value < low:
+            raise InputError(f"{name} must be >= {low}, got {value}")
+    store = ResultStore(url, create=False)
+    try:
+        runs = store.runs(study=spec.name)
+    finally:
+        store.close()
+    for role, verb in ((DEFAULT, "baseline"), (SEARCH, "run")):
+        found = len(selection.ranked(runs, role.name))
+        if not found:
+            raise InputError(f"study {spec.name!r} has no complete {role.name} run in this storage: "
+                             f"run `nbtl-search {verb} STUDY.yaml` first")
+        if opts.rerank_top_k > found:
+            raise InputError(f"--rerank-top-k {opts.rerank_top_k} is more than the {found} distinct "
+                             f"complete {role.name} configs; give --rerank-top-k {found} or fewer")
+        if role is SEARCH and opts.top_k > found:
+            raise InputError(f"--top-k {opts.top_k} is more than the {found} distinct complete "
+                             f"search configs; give --top-k {found} or fewer")
+
+
+def run_final(spec: StudySpec, url: str, opts: FinalOptions, console: Console) -> None:
+    check_ready(spec, url, opts)
     store = ResultStore(url)
-    folder, base = predictions_root(url, spec.name)
-    done = {(r["source_run_id"], r["seed"]): r["id"] for r in store.runs(study=spec.name, role="final")
+    try:
+        with ProcessPoolExecutor(opts.jobs, mp_context=mp.get_context("spawn")) as pool:
+            threads = cpu_threads(opts.jobs) if opts.device == "cpu" else None
+            _run(pool, url, _rerank_jobs(spec, store, opts), threads, console)
+            runs = store.runs(study=spec.name)
+            chosen = {role.name: selection.candidates(runs, role.name, opts.rerank_top_k)
+                      for role in (DEFAULT, SEARCH)}
+            rungs = _ladder(spec, url, runs, chosen)
+            store.replace_ladder(spec.name, rungs)
+            console.print(_selection_text(chosen))
+            _run(pool, url, _final_jobs(spec, store, opts, rungs, chosen[SEARCH.name]), threads,
+                 console)
+    finally:
+        store.close()
+
+
+def _rerank_jobs(spec: StudySpec, store: ResultStore, opts: FinalOptions) -> list[_Job]:
+    runs = store.runs(study=spec.name)
+    done = {(r["config_hash"], r["seed"]) for r in runs if r["role"] == "rerank"
+            and r["state"] == "complete"}
+    jobs = []
+    for role in (DEFAULT, SEARCH):
+        for run in selection.ranked(runs, role.name)[:opts.rerank_top_k]:
+            for seed in selection.rerank_seeds(run["config"], opts.rerank_seeds):
+                if (run["config_hash"], seed) in done:
+                    continue
+                cfg = _config(run["config"], seed=seed, device=opts.device)
+                run_id = store.start_run(study=spec.name, role="rerank", config=cfg.to_dict(),
+                                         seed=seed, device=opts.device, source_run_id=run["id"])
+                jobs.append(_Job(run_id, f"re-rank {role.name} run {run['id']}, seed {seed}", cfg,
+                                 test=False))
+    return jobs
+
+
+def _final_jobs(spec: StudySpec, store: ResultStore, opts: FinalOptions, rungs: list[dict],
+                search: list[selection.Candidate]) -> list[_Job]:
+    done = {(r["config_hash"], r["seed"]) for r in store.runs(study=spec.name, role="final")
             if r["state"] == "complete"}
-    ids, todo = [], []
-    for kind, source in pick_sources(store, spec.name, top_k):
-        config = TrainConfig.from_dict(source["config"])
-        for seed in range(config.seed, config.seed + seeds):
-            if (source["id"], seed) in done:  # rerunning `final` only fills what is missing
-                ids.append(done[(source["id"], seed)])
+    sources: list[tuple[str, str, dict[str, Any], int | None]] = []  # (final_of, label, config, run)
+    for i, rung in enumerate(rungs):
+        kind = "default" if i == 0 else "search" if i == len(rungs) - 1 else "ladder"
+        sources.append((kind, f"rung {rung['rung']!r}", rung["config"], rung.get("source_run_id")))
+    for c in search[1:opts.top_k]:  # more members for the ensemble
+        sources.append(("search", f"search run {c.run['id']}", c.config, c.run["id"]))
+    jobs, queued = [], set()
+    for kind, label, config, source in sources:
+        base = TrainConfig.from_dict(config)
+        for seed in range(base.seed, base.seed + opts.seeds):
+            key = (config_hash(config), seed)
+            if key in done or key in queued:  # an unchanged rung reuses the previous one's runs
                 continue
-            cfg = config.replace(seed=seed, train_split="trainval", eval_test=True,
-                                 save_test_predictions=True, checkpoint=False, device=device,
-                                 output=str(folder / f"run{source['id']}-seed{seed}"), resume=None)
+            queued.add(key)
+            cfg = _config(config, seed=seed, device=opts.device, train_split="trainval",
+                          eval_test=True, save_test_predictions=True)
             run_id = store.start_run(study=spec.name, role="final", config=cfg.to_dict(), seed=seed,
-                                     device=device, source_run_id=source["id"], final_of=kind)
-            todo.append((run_id, f"{kind} config of run {source['id']}, seed {seed}", cfg))
-    store.close()
-    threads = max(1, (os.cpu_count() or 1) // jobs) if device == "cpu" else None
-    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(_train, url, run_id, cfg, str(base), threads): (run_id, what)
-                   for run_id, what, cfg in todo}
-        for future in as_completed(futures):
-            run_id, what = futures[future]
-            console.print(f"final: {what}: {future.result()}")
-            ids.append(run_id)
-    return ids
+                                     device=opts.device, source_run_id=source, final_of=kind)
+            jobs.append(_Job(run_id, f"{label}, seed {seed}", cfg, test=True))
+    return jobs
 
 
-def _train(url: str, run_id: int, cfg: TrainConfig, base: str, threads: int | None) -> str:
-    """One final run in its own process; its outcome is recorded in the run's row either way."""
+def _config(config: dict[str, Any], **changes: Any) -> TrainConfig:
+    return TrainConfig.from_dict(config).replace(checkpoint=False, output=None, resume=None,
+                                                 **changes)
+
+
+def _ladder(spec: StudySpec, url: str, runs: list[dict], chosen: dict[str, list]) -> list[dict]:
+    best_default, optimum = chosen[DEFAULT.name][0], chosen[SEARCH.name][0]
+    rungs = selection.ladder(best_default.config, optimum.config)
+    for rung, c, notes in ((rungs[0], best_default, _default_notes(runs, best_default)),
+                           (rungs[-1], optimum, _search_notes(spec, url, optimum))):
+        rung.update(source_run_id=c.run["id"], val_top1=c.run["val_top1"], val_mean=c.val_mean,
+                    val_n=c.val_n, notes=notes)
+    return rungs
+
+
+def _default_notes(runs: list[dict], chosen: selection.Candidate) -> list[str]:
+    grid = [r["config"] for r in runs if r["role"] == "default" and r["state"] == "complete"]
+    tried = {"lr": [c["lrs"][0] for c in grid], "weight_decay": [c["weight_decay"] for c in grid]}
+    value = {"lr": chosen.config["lrs"][0], "weight_decay": chosen.config["weight_decay"]}
+    return edges.grid_notes(tried, value)
+
+
+def _search_notes(spec: StudySpec, url: str, chosen: selection.Candidate) -> list[str]:
+    number = chosen.run["trial_number"]
+    study = optuna.load_study(study_name=SEARCH.study_name(spec), storage=open_rdb(url, heartbeat=False))
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if trial is None:
+        return []
+    return edges.range_notes(spec.search_space, axis_values(spec.search_space, trial.params))
+
+
+def _selection_text(chosen: dict[str, list[selection.Candidate]]) -> str:
+    lines = ["selection on validation (single trial -> mean with its re-ranking runs):"]
+    for role, cands in chosen.items():
+        for i, c in enumerate(cands):
+            mark = "*" if i == 0 else " "
+            lines.append(f"  {mark} {role} run {c.run['id']}: {c.run['val_top1']:.2f} -> "
+                         f"{c.val_mean:.2f} (n={c.val_n})")
+    return "\n".join(lines)
+
+
+def _run(pool: ProcessPoolExecutor, url: str, jobs: Iterable[_Job], threads: int | None,
+         console: Console) -> None:
+    futures = {pool.submit(_train, url, job, threads): job for job in jobs}
+    for future in as_completed(futures):
+        console.print(f"{'final' if futures[future].test else 'rerank'}: {futures[future].what}: "
+                      f"{future.result()}")
+
+
+def _train(url: str, job: _Job, threads: int | None) -> str:
+    """One run in its own process; its outcome is recorded in the run's row either way."""
     import torch
 
     from trainer import fit
@@ -97,16 +201,19 @@ def _train(url: str, run_id: int, cfg: TrainConfig, base: str, threads: int | No
         torch.set_num_threads(threads)
     store = ResultStore(url)
     try:
-        result = fit(cfg, EpochRecorder(store, run_id))
-        path = Path(result.test_predictions)
-        store.finish_run(run_id, state="complete", epochs_run=len(result.history),
+        result = fit(job.config, EpochRecorder(store, job.run_id))
+        if not job.test:
+            store.finish_run(job.run_id, state="complete", val_top1=result.best_val_top1,
+                             best_epoch=result.best_epoch, epochs_run=len(result.history),
+                             wall_s=result.wall_s, images_per_s=result.images_per_s)
+            return f"val top-1 {result.best_val_top1:.2f} ({result.wall_s:.1f}s)"
+        store.save_predictions(job.run_id, result.test_probs, result.test_labels)
+        store.finish_run(job.run_id, state="complete", epochs_run=len(result.history),
                          test_top1=result.test["top1"], test_top5=result.test["top5"],
-                         wall_s=result.wall_s, images_per_s=result.images_per_s,
-                         predictions_path=str(path.relative_to(base) if path.is_relative_to(base)
-                                              else path))
+                         wall_s=result.wall_s, images_per_s=result.images_per_s)
         return f"test top-1 {result.test['top1']:.2f} ({result.wall_s:.1f}s)"
-    except Exception as e:  # one bad seed must not lose the others
-        store.finish_run(run_id, state="failed", error=failure_reason(e))
+    except Exception as e:  # noqa: BLE001 - one bad seed must not lose the others
+        store.finish_run(job.run_id, state="failed", error=failure_reason(e))
         return f"failed: {failure_reason(e)}"
     finally:
         store.close()

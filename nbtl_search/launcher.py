@@ -1,33 +1,51 @@
 """`nbtl-search run` / `baseline`: create the study once, start one worker process per slot, supervise.
 
 Workers are separate processes running `nbtl-search worker` (exactly what a second host runs), each
-with its own CUDA_VISIBLE_DEVICES. The launcher restarts a worker that dies while the budget is not
-reached and fails its stale trial (Optuna's heartbeat), so a crash never shrinks the study.
+with its own CUDA_VISIBLE_DEVICES; the storage URL reaches them through the environment
+(`NBTL_STORAGE`), never their command line, which every local user can read. The launcher restarts a
+worker that dies while the study is not done and fails its trial at once, so a crash never shrinks
+the study; the queue re-queues that trial once.
+
+Stopping: SIGTERM, SIGINT or SIGHUP to the launcher stops every worker (SIGTERM, then SIGKILL after
+`STOP_GRACE_S`); each worker fails its running trial and marks it lost, so the next `run` re-queues
+it. Workers also get SIGTERM from the kernel if the launcher itself is killed (Linux), so no worker
+outlives its launcher.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from optuna.trial import TrialState
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from .objective import RUN_ID_ATTR, WORKER_ATTR
-from .results import ResultStore
+from . import attrs
+from .claims import StudyLock
+from .objective import Stopped
+from .queue import FINISHED, sync
+from .results import ResultStore, ensure_schema
+from .roles import Role
 from .spec import StudySpec
-from .storage import ensure_schema, fail_stale_trials, fail_trials_of, open_storage
-from .worker import GAVE_UP, MAX_FAILURES_IN_A_ROW, Role, finished_trials, prepare_study
+from .storage import open_rdb
+from .worker import GAVE_UP, MAX_FAILURES_IN_A_ROW, prepare_study
 
 MAX_RESTARTS = 3  # per slot: a worker that keeps crashing is a bug to look at, not to loop on
+STOP_GRACE_S = 15  # after SIGTERM, how long a worker may take to fail its trial and exit
+STORAGE_ENV = "NBTL_STORAGE"  # how a worker receives the storage URL (and its password)
+PARENT_ENV = "NBTL_PARENT_PID"  # a worker started by `run` exits when this process is gone
 
 
 @dataclass(frozen=True)
@@ -38,96 +56,175 @@ class Slot:
     threads: int | None = None
 
 
+def cpu_threads(jobs: int) -> int:
+    """Torch threads for each of `jobs` CPU processes sharing this machine."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
 def gpu_slots(gpus: list[int], per_gpu: int) -> list[Slot]:
     return [Slot(f"gpu{g}.{k}", "cuda", {"CUDA_VISIBLE_DEVICES": str(g)})
             for g in gpus for k in range(per_gpu)]
 
 
 def cpu_slots(workers: int) -> list[Slot]:
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = cpu_threads(workers)
     env = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads)}
     return [Slot(f"cpu{k}", "cpu", env, threads) for k in range(workers)]
 
 
+def log_dir(spec: StudySpec, role: Role) -> Path:
+    return Path("nbtl-logs") / f"{spec.name}-{role.name}"
+
+
 def launch(spec: StudySpec, url: str, role: Role, slots: list[Slot], *, budget: int | None = None,
-           timeout: float | None = None, log_dir: Path, console: Console | None = None) -> list[str]:
-    """Run the study to its budget with `slots` worker processes; returns the names of workers that
-    crashed for good (exited non-zero and were not restarted)."""
+           timeout: float | None = None, console: Console | None = None) -> list[str]:
+    """Run the study to its end with `slots` worker processes; returns the names of workers that
+    stopped early for good (crashed past their restarts, or gave up on failing trials)."""
     console = console or Console(soft_wrap=True)
+    logs = log_dir(spec, role)
     ensure_schema(url)  # Optuna's and nbtl's tables, once, before any worker: no schema race
-    study = prepare_study(spec, open_storage(url), role)
-    target = role.budget(spec, budget)
-    log_dir.mkdir(parents=True, exist_ok=True)
+    study = prepare_study(spec, open_rdb(url), role)
+    store = ResultStore(url)
+    with StudyLock(url, study.study_name):
+        sync(study, role, spec, store)  # the grid's points, and retries left by an earlier run
+    store.close()
+    logs.mkdir(parents=True, exist_ok=True)
     index = {slot.name: i for i, slot in enumerate(slots)}
-    procs = {slot.name: _start(spec, url, role, slot, index[slot.name], budget, timeout, log_dir)
-             for slot in slots}
+    by_name = {slot.name: slot for slot in slots}
+    procs: dict[str, subprocess.Popen] = {}
     restarts: Counter[str] = Counter()
     crashed: list[str] = []
-    by_name = {slot.name: slot for slot in slots}
-    with Live(_table(study, procs, target), console=console, refresh_per_second=2,
-              transient=not console.is_terminal) as live:
-        while procs:
-            for name, proc in list(procs.items()):
-                code = proc.poll()
-                if code is None:
-                    continue
-                del procs[name]
-                if code != 0:
-                    _recover_trials(study, url, proc.pid)
-                if code == GAVE_UP:
-                    console.print(f"[red]worker {name} stopped: {MAX_FAILURES_IN_A_ROW} trials in a "
-                                  f"row failed; reasons in `nbtl-search status`, log: {log_dir / name}.log")
-                    crashed.append(name)
-                elif code != 0 and finished_trials(study) < target and restarts[name] < MAX_RESTARTS:
-                    restarts[name] += 1
-                    console.print(f"[yellow]worker {name} exited with {code}; restarting "
-                                  f"({restarts[name]}/{MAX_RESTARTS}), log: {log_dir / name}.log")
-                    procs[name] = _start(spec, url, role, by_name[name], index[name], budget, timeout,
-                                         log_dir)
-                elif code != 0:
-                    crashed.append(name)
-            live.update(_table(study, procs, target))
-            if procs:
-                time.sleep(0.5)  # display refresh period, not synchronisation
-    fail_stale_trials(study)
+
+    def start(name: str) -> None:
+        procs[name] = _start(spec, url, role, by_name[name], index[name], budget, timeout, logs)
+
+    try:
+        with _stop_on_signals():
+            for slot in slots:
+                start(slot.name)
+            with Live(_table(study, role, spec, procs), console=console, refresh_per_second=2,
+                      transient=not console.is_terminal) as live:
+                while procs:
+                    for name, proc in list(procs.items()):
+                        code = proc.poll()
+                        if code is None:
+                            continue
+                        del procs[name]
+                        if code != 0:
+                            _recover_trials(study, url, proc.pid, code)
+                        if code == GAVE_UP:
+                            console.print(f"[red]worker {name} stopped: {MAX_FAILURES_IN_A_ROW} "
+                                          "trials in a row failed; reasons in `nbtl-search status`, "
+                                          f"log: {logs / name}.log")
+                            crashed.append(name)
+                        elif code != 0 and not _done(study, role, spec, budget) \
+                                and restarts[name] < MAX_RESTARTS:
+                            restarts[name] += 1
+                            console.print(f"[yellow]worker {name} exited with {code}; restarting "
+                                          f"({restarts[name]}/{MAX_RESTARTS}), log: {logs / name}.log")
+                            start(name)
+                        elif code != 0:
+                            crashed.append(name)
+                    live.update(_table(study, role, spec, procs))
+                    if procs:
+                        time.sleep(0.5)  # display refresh period, not synchronisation
+    except KeyboardInterrupt:  # Ctrl-C, or `Stopped` from SIGTERM / SIGHUP
+        _stop_all(study, url, procs)
+        raise
     counts = Counter(t.state for t in study.get_trials(deepcopy=False))
-    console.print(_summary(study, counts, target))
+    console.print(_summary(study, counts, role.budget(spec, budget)))
     return crashed
 
 
-def _recover_trials(study: optuna.Study, url: str, pid: int) -> None:
-    """The trials a dead local worker was running: failed and re-queued now (not after the heartbeat
-    grace period), and their nbtl runs marked failed too."""
+def _done(study: optuna.Study, role: Role, spec: StudySpec, budget: int | None) -> bool:
+    trials = study.get_trials(deepcopy=False)
+    if role.points(spec) is not None:
+        return not any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials)
+    return sum(t.state in FINISHED for t in trials) >= role.budget(spec, budget)
+
+
+def _stop_all(study: optuna.Study, url: str, procs: dict[str, subprocess.Popen]) -> None:
+    """SIGTERM every worker, SIGKILL the ones still alive after STOP_GRACE_S, and fail the trials
+    of any that could not do it themselves."""
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for proc in procs.values():
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        _recover_trials(study, url, proc.pid, proc.returncode)
+
+
+def _recover_trials(study: optuna.Study, url: str, pid: int, code: int | None) -> None:
+    """The trials a dead local worker was running: failed now (not after the heartbeat grace
+    period) without a reason, which marks them lost: the queue re-queues each once."""
     label = f"{socket.gethostname()}:{pid}"
-    running = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-               if t.user_attrs.get(WORKER_ATTR) == label]
-    fail_trials_of(study, running)
+    running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+               if t.user_attrs.get(attrs.WORKER) == label]
     store = ResultStore(url)
-    for t in running:
-        if RUN_ID_ATTR in t.user_attrs:
-            store.mark_lost(t.user_attrs[RUN_ID_ATTR], f"worker lost: {label} died; retried")
-    store.close()
+    try:
+        for t in running:
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            if attrs.RUN_ID in t.user_attrs:
+                store.mark_lost(t.user_attrs[attrs.RUN_ID],
+                                f"worker lost: {label} exited with {code}; re-queued")
+    finally:
+        store.close()
 
 
 def _start(spec: StudySpec, url: str, role: Role, slot: Slot, index: int, budget: int | None,
-           timeout: float | None, log_dir: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "nbtl_search", "worker", str(spec.path), "--storage", url,
-           "--device", slot.device, "--role", role.name, "--index", str(index)]
+           timeout: float | None, logs: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "nbtl_search", "worker", str(spec.path), "--device", slot.device,
+           "--role", role.name, "--index", str(index)]
     if budget:
         cmd += ["--budget", str(budget)]
     if timeout:
         cmd += ["--timeout", str(timeout)]
     if slot.threads:
         cmd += ["--threads", str(slot.threads)]
-    with open(log_dir / f"{slot.name}.log", "ab") as log:  # the child keeps its own copy
-        return subprocess.Popen(cmd, env={**os.environ, **slot.env}, stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    env = {**os.environ, **slot.env, STORAGE_ENV: url, PARENT_ENV: str(os.getpid())}
+    with open(logs / f"{slot.name}.log", "ab") as log:  # the child keeps its own copy
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
 
 
-def _table(study: optuna.Study, procs: dict[str, subprocess.Popen], target: int) -> Table:
+def exit_with_parent() -> None:
+    """In a worker that `run` started: get SIGTERM when the launcher dies, however it dies
+    (Linux's PR_SET_PDEATHSIG); elsewhere this is a no-op and `run` stops its workers itself."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != int(parent):  # the launcher died before the line above
+        raise Stopped("launcher gone")
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    def stop(signum: int, _frame: object) -> None:
+        raise Stopped(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _table(study: optuna.Study, role: Role, spec: StudySpec, procs: dict[str, subprocess.Popen]) -> Table:
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state for t in trials)
-    S = optuna.trial.TrialState
+    S = TrialState
+    target = role.budget(spec) if role.points(spec) is None else \
+        len({t.user_attrs.get(attrs.POINT) for t in trials} - {None})
     table = Table(title=f"{study.study_name}: {counts[S.COMPLETE] + counts[S.PRUNED]}/{target} done, "
                         f"{counts[S.RUNNING]} running, {counts[S.PRUNED]} pruned, "
                         f"{counts[S.FAIL]} failed, best {_best(study)}")
@@ -135,7 +232,7 @@ def _table(study: optuna.Study, procs: dict[str, subprocess.Popen], target: int)
     table.add_column("trial")
     table.add_column("epoch")
     table.add_column("last value")
-    running = {t.user_attrs.get(WORKER_ATTR, ""): t for t in trials if t.state == S.RUNNING}
+    running = {t.user_attrs.get(attrs.WORKER, ""): t for t in trials if t.state == S.RUNNING}
     for name, proc in procs.items():
         t = next((t for w, t in running.items() if w.endswith(f":{proc.pid}")), None)
         last = max(t.intermediate_values) if t and t.intermediate_values else None
@@ -152,6 +249,6 @@ def _best(study: optuna.Study) -> str:
 
 
 def _summary(study: optuna.Study, counts: Counter, target: int) -> str:
-    S = optuna.trial.TrialState
+    S = TrialState
     return (f"{study.study_name}: {counts[S.COMPLETE]} complete, {counts[S.PRUNED]} pruned, "
-            f"{counts[S.FAIL]} failed (budget {target}); best {_best(study)}")
+            f"{counts[S.FAIL]} failed; best {_best(study)}")

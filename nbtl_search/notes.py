@@ -6,7 +6,7 @@ import optuna
 import optuna_dashboard
 
 from .spec import StudySpec
-from .storage import open_storage
+from .storage import open_rdb
 
 
 def write_note(url: str, spec: StudySpec) -> None:
@@ -16,7 +16,7 @@ def write_note(url: str, spec: StudySpec) -> None:
         body = analysis.summary_markdown(url, spec.name)
     except analysis.AnalysisError as e:  # e.g. no baseline yet: the note says what to run next
         body = f"**Optimal vs default:** not available yet. {e}"
-    storage = open_storage(url, heartbeat=False)
+    storage = open_rdb(url, heartbeat=False)
     try:
         study = optuna.load_study(study_name=spec.name, storage=storage)
     except KeyError:  # only the baseline has run so far

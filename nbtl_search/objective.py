@@ -1,8 +1,10 @@
 """The one place that turns trainer outcomes into Optuna trial states and nbtl run states.
 
-    fit() returns, all epochs run      -> COMPLETE, run `complete`, value = best (or last) epoch metric
-    the reporter answered STOP (pruned) -> PRUNED,  run `pruned`
-    any exception, NaN loss, no value  -> FAIL,     run `failed` with the reason; the worker goes on
+    fit() returns, all epochs run       -> COMPLETE, run `complete`, value = best (or last) epoch metric
+    the reporter answered STOP (pruned) -> PRUNED,   run `pruned`
+    any exception, NaN loss, no value   -> FAIL,     run `failed` with the reason; the worker goes on
+    the worker is stopped (a signal)    -> FAIL,     run `failed`, marked lost: re-queued on a rerun
+
 """
 
 from __future__ import annotations
@@ -13,17 +15,23 @@ from dataclasses import dataclass
 from typing import Callable
 
 import optuna
+from optuna.trial import TrialState
 
-from trainer import Decision, EpochMetrics, StopReason, TrainConfig, TrainResult
+from trainer import Decision, EpochMetrics, StopReason, TrainResult
 
+from . import attrs
 from .results import ResultStore
+from .roles import Role
+from .sampling import suggest
+from .spec import StudySpec
 
 FitFn = Callable[..., TrainResult]
 
-# how a worker labels the trial it is running, so `run` can show each worker's current trial
-WORKER_ATTR = "nbtl_worker"
-RUN_ID_ATTR = "nbtl_run_id"
-FAIL_REASON_ATTR = "fail_reason"
+
+class Stopped(KeyboardInterrupt):
+    """The worker was asked to stop (SIGTERM, SIGHUP): its trial is failed, marked lost, and the
+    worker exits. A KeyboardInterrupt, so nothing on the way swallows it and Optuna still tells
+    the trial FAIL before passing it on."""
 
 
 class EpochRecorder:
@@ -61,34 +69,54 @@ class TrialReporter(EpochRecorder):
 
 @dataclass
 class Objective:
-    """`study.optimize(Objective(...))`: build the trial's config, train it, record the outcome."""
+    """`study.optimize(Objective(...), n_trials=1)`: one claimed trial of `role`, run to its end.
 
-    make_config: Callable[[optuna.Trial], TrainConfig]
+    Returns the value (COMPLETE) or raises: `optuna.TrialPruned` (PRUNED), the training's own
+    exception (FAIL; `catch` keeps the worker alive), `Stopped` (FAIL, and the worker exits). The
+    reason and the lost mark are set on the trial before Optuna tells it.
+    """
+
+    spec: StudySpec
+    role: Role
     store: ResultStore
-    study_name: str
-    role: str
-    metric: str = "val_top1"
-    mode: str = "best"  # best epoch or last epoch
-    worker: str = ""
+    device: str = "cpu"
+    worker: str = ""  # host:pid, shown by `run` and the dashboard
     fit: FitFn | None = None  # injectable for orchestration tests; default trainer.fit
+    on_start: Callable[[], None] | None = None  # called first (the worker releases its lock)
+    last_run_id: int | None = None
+    last_state: TrialState | None = None
+    last_reason: str | None = None  # why the last trial failed
 
     def __call__(self, trial: optuna.Trial) -> float:
-        trial.set_user_attr(WORKER_ATTR, self.worker)
-        config = self.make_config(trial)
-        run_id = self.store.start_run(study=self.study_name, role=self.role, config=config.to_dict(),
-                                      seed=config.seed, device=config.device,
-                                      trial_number=trial.number)
-        trial.set_user_attr(RUN_ID_ATTR, run_id)
-        reporter = TrialReporter(trial, self.store, run_id, self.metric)
+        if self.on_start is not None:
+            self.on_start()
+        self.last_run_id, self.last_state, self.last_reason = None, TrialState.FAIL, None
+        trial.set_user_attr(attrs.WORKER, self.worker)
         try:
+            params = suggest(trial, self.role.distributions(self.spec))
+            config = self.role.config(self.spec, params).replace(device=self.device)
+            run_id = self.store.start_run(study=self.spec.name, role=self.role.name,
+                                          config=config.to_dict(), seed=config.seed,
+                                          device=config.device, trial_number=trial.number)
+            self.last_run_id = run_id
+            trial.set_user_attr(attrs.RUN_ID, run_id)
+            reporter = TrialReporter(trial, self.store, run_id, self.spec.objective.metric)
             result = self._fit()(config, reporter)
-            value = self._value(result)
+            pruned = reporter.pruned or result.stop_reason is StopReason.REPORTER
+            value = None if pruned else self._value(result)
         except BaseException as e:
-            trial.set_user_attr(FAIL_REASON_ATTR, failure_reason(e))  # shown by optuna-dashboard
-            self.store.finish_run(run_id, state="failed", error=failure_reason(e))
+            lost = isinstance(e, (Stopped, KeyboardInterrupt))
+            reason = (f"worker stopped ({type(e).__name__}); re-queued on the next run" if lost
+                      else failure_reason(e))
+            self.last_reason = reason
+            trial.set_user_attr(attrs.FAIL_REASON, reason)  # optuna-dashboard shows it
+            if lost:
+                trial.set_user_attr(attrs.LOST, True)
+            if self.last_run_id is not None:
+                self.store.finish_run(self.last_run_id, state="failed", error=reason)
             _free_memory(e)
-            raise  # Optuna records FAIL with this reason; optimize(catch=...) keeps the worker alive
-        pruned = reporter.pruned or result.stop_reason is StopReason.REPORTER
+            raise
+        self.last_state = TrialState.PRUNED if pruned else TrialState.COMPLETE
         self.store.finish_run(
             run_id, state="pruned" if pruned else "complete", val_top1=result.best_val_top1,
             best_epoch=result.best_epoch, epochs_run=len(result.history), wall_s=result.wall_s,
@@ -96,6 +124,14 @@ class Objective:
         if pruned:
             raise optuna.TrialPruned(f"pruned after epoch {len(result.history)}")
         return value
+
+    def told_elsewhere(self) -> None:
+        """Optuna refused the tell: another worker failed this trial meanwhile (its heartbeat looked
+        stale) and re-queued a copy. Record the run as failed, so both tables agree."""
+        self.last_state = TrialState.FAIL
+        self.last_reason = "failed by another worker while it ran (stale heartbeat); re-queued"
+        if self.last_run_id is not None:
+            self.store.finish_run(self.last_run_id, state="failed", error=self.last_reason)
 
     def _fit(self) -> FitFn:
         if self.fit is not None:
@@ -105,11 +141,12 @@ class Objective:
         return fit
 
     def _value(self, result: TrainResult) -> float:
-        values = [getattr(m, self.metric) for m in result.history]
-        value = values[-1] if self.mode == "last" else max(
+        metric = self.spec.objective.metric
+        values = [getattr(m, metric) for m in result.history]
+        value = values[-1] if self.spec.objective.mode == "last" else max(
             (v for v in values if v is not None), default=None)
         if value is None or not math.isfinite(value):
-            raise ValueError(f"trial produced no finite {self.metric} (got {value})")
+            raise ValueError(f"trial produced no finite {metric} (got {value})")
         return float(value)
 
 
@@ -127,5 +164,5 @@ def _free_memory(e: BaseException) -> None:
             import torch
 
             torch.cuda.empty_cache()
-        except Exception:  # no CUDA here: nothing to free
+        except Exception:  # noqa: BLE001 - no CUDA here: nothing to free
             pass

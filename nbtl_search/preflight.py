@@ -9,7 +9,8 @@ from typing import Any
 from trainer import InputError
 
 from .launcher import Slot, cpu_slots, gpu_slots
-from .spec import SpecError, StudySpec
+from .checks import SpecError
+from .spec import StudySpec
 
 
 def slots_from_args(args: argparse.Namespace) -> list[Slot]:
@@ -19,10 +20,7 @@ def slots_from_args(args: argparse.Namespace) -> list[Slot]:
     if device == "cpu":
         if args.gpus:
             raise InputError("--gpus needs --device cuda (or no --device)")
-        workers = args.workers or 1
-        if workers < 1:
-            raise InputError(f"--workers must be >= 1, got {workers}")
-        return cpu_slots(workers)
+        return cpu_slots(args.workers or 1)
     available = _gpu_count()
     if available == 0:
         raise InputError("--device cuda, but no GPU is visible here; use --device cpu --workers N")
@@ -34,8 +32,6 @@ def slots_from_args(args: argparse.Namespace) -> list[Slot]:
     if missing:
         raise InputError(f"--gpus names GPU {missing[0]}, but only {available} GPU(s) exist "
                          f"(0..{available - 1})")
-    if args.per_gpu < 1:
-        raise InputError(f"--per-gpu must be >= 1, got {args.per_gpu}")
     return gpu_slots(gpus, args.per_gpu)
 
 

@@ -1,10 +1,14 @@
 """The results store: one row per training run and one per epoch, next to Optuna's tables.
 
 The schema is a contract: `analysis/`, notebooks and users' own SQL read these names directly.
-- ``nbtl_runs``: one row per run (search trial, default-grid point or final retraining), written
-  when the run starts and completed when it ends, so a crashed, pruned or failed run keeps its
-  row and its epochs.
+- ``nbtl_runs``: one row per run (search trial, default-grid point, re-ranking run or final
+  retraining), written when the run starts and completed when it ends, so a crashed, pruned or
+  failed run keeps its row and its epochs.
 - ``nbtl_epochs``: the per-epoch metrics of a run, unique per (run_id, epoch).
+- ``nbtl_ladder``: the configs `final` selected and retrained, one row per rung, from the best
+  default to the optimum (the runs of a rung are the final runs with its ``config_hash``).
+- ``nbtl_predictions``: a final run's test softmax and labels (compressed ``.npz`` bytes), so that
+  every figure can be computed by anyone who can open the URL, on any host or a copy of the file.
 
 ``config`` and ``lrs`` are JSON text (portable, and read by pandas as is); NaN metrics are
 stored as NULL; times are UTC (PostgreSQL ``timestamptz``; SQLite keeps them without offset).
@@ -15,29 +19,31 @@ write to the same tables concurrently.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import socket
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from nbtl_search.storage import (
-    StorageError, check_url, describe, enable_wal, engine_kwargs, is_schema_race,
+from trainer.config import UNHASHED_ROLES, fields_with_role
+
+from .storage import (
+    StorageError, check_url, describe, enable_wal, engine_kwargs, is_schema_race, open_rdb,
+    require_tables,
 )  # fmt: skip
 
 RUN_STATES = ("running", "complete", "pruned", "failed")
-ROLES = ("search", "default", "final")
-FINAL_OF = ("search", "default")
+ROLES = ("search", "default", "rerank", "final")
+FINAL_OF = ("search", "default", "ladder")
 
-# Fields that say how or where a run executes, not what it trains: two runs that differ only
-# in these have the same hyperparameters and must hash the same.
-HASH_EXCLUDED = frozenset({
-    "seed", "device", "output", "resume", "workers", "eval_test", "save_test_predictions",
-    "checkpoint", "limit_train_batches", "limit_eval_batches", "train_split",
-})  # fmt: skip
+# Fields that say where or how a run executes, or on which split, not what it trains (their role
+# in trainer.config): two runs that differ only in these have the same settings and hash the same.
+HASH_EXCLUDED = frozenset(fields_with_role(*UNHASHED_ROLES))
 
 
 class UTCDateTime(sa.types.TypeDecorator):
@@ -88,7 +94,7 @@ runs_table = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("started_at", UTCDateTime, nullable=False),
     sa.Column("finished_at", UTCDateTime),
-    sa.Column("source_run_id", sa.Integer),  # final runs: the run whose config they retrain
+    sa.Column("source_run_id", sa.Integer),  # rerank and final runs: the run whose config they rerun
     sa.Column("final_of", sa.String),  # final runs: FINAL_OF
     sa.Column("predictions_path", sa.String),  # final runs: test softmax file
     sa.Index("ix_nbtl_runs_study_role", "study", "role"),
@@ -110,6 +116,34 @@ epochs_table = sa.Table(
     sa.UniqueConstraint("run_id", "epoch", name="uq_nbtl_epochs_run_epoch"),
 )
 
+ladder_table = sa.Table(
+    "nbtl_ladder",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("study", sa.String, nullable=False, index=True),
+    sa.Column("position", sa.Integer, nullable=False),  # 0 = the best default
+    sa.Column("rung", sa.String, nullable=False),
+    sa.Column("adds", sa.Text, nullable=False),  # the settings this rung changes, "" for the default
+    sa.Column("config", sa.Text, nullable=False),  # JSON of the rung's TrainConfig (train split)
+    sa.Column("config_hash", sa.String, nullable=False),
+    sa.Column("source_run_id", sa.Integer),  # the selected trial's run (default and optimum)
+    sa.Column("val_top1", sa.Float),  # that trial's own validation value
+    sa.Column("val_mean", sa.Float),  # mean over the trial and its re-ranking runs
+    sa.Column("val_n", sa.Integer),
+    sa.Column("notes", sa.Text, nullable=False),  # JSON list, e.g. "lr 0.3 is the largest value tried"
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("study", "position", name="uq_nbtl_ladder_study_position"),
+)
+
+predictions_table = sa.Table(
+    "nbtl_predictions",
+    metadata,
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("nbtl_runs.id"), primary_key=True),
+    sa.Column("n_images", sa.Integer, nullable=False),
+    sa.Column("n_classes", sa.Integer, nullable=False),
+    sa.Column("npz", sa.LargeBinary, nullable=False),  # np.savez_compressed: probs (float16), labels
+)
+
 
 def config_hash(config_dict: dict[str, Any]) -> str:
     """sha256[:16] of the canonical JSON of the config without the `HASH_EXCLUDED` fields.
@@ -124,13 +158,18 @@ def config_hash(config_dict: dict[str, Any]) -> str:
 class ResultStore:
     """Runs and epochs in the tables ``nbtl_runs`` / ``nbtl_epochs`` at one storage URL."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, create: bool = True) -> None:
+        """`create=False` (read-only verbs): a database without nbtl's tables is a StorageError,
+        and nothing is created."""
         check_url(url)
+        if not create:
+            require_tables(url, runs_table.name)
         self.url = url
         try:
             self._engine = sa.create_engine(url, **engine_kwargs(url))
-            _create_tables(self._engine)
-            enable_wal(self._engine)
+            if create:
+                _create_tables(self._engine)
+                enable_wal(self._engine)
         except (sa.exc.SQLAlchemyError, ImportError) as error:
             raise StorageError(describe(url, error)) from error
 
@@ -237,6 +276,37 @@ class ResultStore:
             result = conn.execute(update.values(state=state, finished_at=_now(), **values))
             return result.rowcount > 0
 
+    def save_predictions(self, run_id: int, probs: np.ndarray, labels: np.ndarray) -> None:
+        """Store a final run's test softmax (as float16: 3 significant digits are plenty for an
+        averaged-softmax ensemble and halve the size) and labels; a rerun replaces them."""
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, probs=probs.astype(np.float16), labels=labels.astype(np.int64))
+        row = dict(n_images=int(probs.shape[0]), n_classes=int(probs.shape[1]), npz=buffer.getvalue())
+        with self._engine.begin() as conn:
+            conn.execute(predictions_table.delete().where(predictions_table.c.run_id == run_id))
+            conn.execute(predictions_table.insert().values(run_id=run_id, **row))
+
+    def replace_ladder(self, study: str, rungs: list[dict[str, Any]]) -> None:
+        """The study's ladder, in order (position 0 = the best default), replacing the old one."""
+        now = _now()
+        rows = [dict(study=study, position=i, rung=r["rung"], adds=r.get("adds", ""),
+                     config=json.dumps(r["config"], sort_keys=True),
+                     config_hash=config_hash(r["config"]), source_run_id=r.get("source_run_id"),
+                     val_top1=_float(r.get("val_top1")), val_mean=_float(r.get("val_mean")),
+                     val_n=r.get("val_n"), notes=json.dumps(list(r.get("notes", ()))), created_at=now)
+                for i, r in enumerate(rungs)]
+        with self._engine.begin() as conn:
+            conn.execute(ladder_table.delete().where(ladder_table.c.study == study))
+            if rows:
+                conn.execute(ladder_table.insert(), rows)
+
+    def ladder(self, study: str) -> list[dict[str, Any]]:
+        query = sa.select(ladder_table).where(ladder_table.c.study == study)
+        rows = self._rows(query.order_by(ladder_table.c.position), json_column="config")
+        for row in rows:
+            row["notes"] = json.loads(row["notes"])
+        return rows
+
     def runs(self, study: str | None = None, role: str | None = None) -> list[dict[str, Any]]:
         """Runs in id order, optionally of one study and/or role; ``config`` parsed to a dict."""
         query = sa.select(runs_table).order_by(runs_table.c.id)
@@ -261,6 +331,12 @@ class ResultStore:
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+def ensure_schema(url: str) -> None:
+    """Create Optuna's and nbtl's tables at `url` once, before workers open it concurrently."""
+    open_rdb(url, heartbeat=False).engine.dispose()
+    ResultStore(url).close()
 
 
 def _create_tables(engine: sa.Engine, attempts: int = 8) -> None:

@@ -1,12 +1,12 @@
 """Study files -> a validated, immutable `StudySpec`.
 
-Everything is checked here, at load time, before any worker starts. A bad file raises `SpecError`
-whose message starts with the file and the field path, e.g.
+Everything is checked here, at load time, before any worker starts or anything is written. A bad
+file raises `SpecError` whose message starts with the file and the field path, e.g.
 ``studies/x.yaml: search_space.lr_new.low: must be > 0 with log: true, got 0``.
 
-Training defaults live only in `trainer.config.TrainConfig`: a training field the file leaves out falls
-through to it. Study knobs (sampler, pruner, objective, budget, ...) have their defaults here, in the
-dataclasses below. Paths (`data_dir`, `pretrained_file`, `output`, `resume`) expand `~` and `$VARS`;
+Training defaults live only in `trainer.config.TrainConfig`: a training field the file leaves out
+falls through to it. Study knobs have their defaults in `knobs`, the default settings theirs in
+`defaults`. Paths (`data_dir`, `pretrained_file`, `output`, `resume`) expand `~` and `$VARS`;
 `storage` expands `$VARS` (keep passwords out of study files). An unset variable is an error.
 """
 
@@ -15,34 +15,28 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import re
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from trainer.config import InputError, TrainConfig
+from trainer.config import InputError, TrainConfig, fields_with_role
 
-if typing.TYPE_CHECKING:
-    from nbtl_search.samplers import BudgetSpec, FinalSpec, ObjectiveSpec, PrunerSpec, SamplerSpec
-
-
-class SpecError(ValueError):
-    """A study file that cannot run; the message starts with the file and the field path."""
-
+from . import axes as axes_mod
+from . import defaults as defaults_mod
+from .checks import FIELD_HINTS, SpecError, check_keys, check_type, describe, expand, mapping
+from .knobs import BudgetSpec, FinalSpec, ObjectiveSpec, PrunerSpec, SamplerSpec, parse_knobs
 
 # Section key -> TrainConfig field, for the two sections that describe what is trained.
 DATASET_KEYS = {"name": "dataset", "data_dir": "data_dir", "img_size": "img_size",
                 "num_classes": "num_classes", "extra": "extra"}
 MODEL_KEYS = {"name": "model", "pretrained": "pretrained", "pretrained_file": "pretrained_file"}
-# Where and how a run executes, not what it learns: workers may override them, the fingerprint skips them.
-EXECUTION_FIELDS = ("device", "workers", "output", "resume", "checkpoint")
 PATH_FIELDS = ("data_dir", "pretrained_file", "output", "resume")
-DEFAULT_LRS = (0.001, 0.003, 0.01, 0.03)  # baseline grid when default_settings gives no lr
+# Where and how a run executes, not what it learns: the study's fingerprint leaves them out.
+EXECUTION_FIELDS = fields_with_role("execution")
 
 
 @dataclass(frozen=True)
@@ -52,12 +46,12 @@ class StudySpec:
     dataset: dict[str, Any]  # the dataset section as written (paths expanded)
     model: dict[str, Any]
     train: dict[str, Any]  # fixed TrainConfig fields
-    search_space: dict[str, Any]  # axis name -> nbtl_search.space.Axis
+    search_space: dict[str, axes_mod.Axis]
     sampler: SamplerSpec
     pruner: PrunerSpec
     objective: ObjectiveSpec
     budget: BudgetSpec
-    default_settings: dict[str, list]  # "lr" and "weight_decay" lists
+    default_settings: defaults_mod.DefaultSettings
     final: FinalSpec
     path: str | None = None
 
@@ -74,21 +68,22 @@ class StudySpec:
         """The dataset, model and train sections (no search values), then `overrides`."""
         return TrainConfig(**{**self.base_fields(), **overrides})
 
-    def default_config(self, lr: float, weight_decay: float) -> TrainConfig:
-        """One baseline point: the default settings, i.e. TrainConfig's own defaults for the transfer
-        and augmentation knobs (new_layers, per-part split, L2-SP, mixup, cutmix, aa, reprob), one lr."""
-        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-        reset = {k: defaults[k] for k in ("new_layers", "num_low", "l2sp_rates", "aa", "mixup",
-                                          "cutmix", "reprob")}
-        return self.base_config(**reset, lrs=(lr,), weight_decay=weight_decay)
+    def default_config(self, point: dict[str, Any]) -> TrainConfig:
+        """One baseline point (`defaults.default_fields`): binary transfer, the study's recipe."""
+        return self.base_config(**defaults_mod.default_fields(self.default_settings, point))
 
     def default_configs(self) -> list[TrainConfig]:
-        """The baseline grid, lr-major: default_settings.lr x default_settings.weight_decay."""
-        return [self.default_config(lr, wd) for lr in self.default_settings["lr"]
-                for wd in self.default_settings["weight_decay"]]
+        """The baseline grid (before any extension), lr-major."""
+        return [self.default_config(p) for p in defaults_mod.grid_points(self.default_settings)]
 
-    def space_fingerprint(self) -> str:
-        """Hash of what a trial's result depends on: search space, dataset, model, train, objective.
+    def search_config(self, params: dict[str, Any]) -> TrainConfig:
+        """The config of a search trial with these Optuna params (e.g. `study.best_trial.params`)."""
+        values = axes_mod.axis_values(self.search_space, params)
+        return self.base_config(**axes_mod.fields_from_values(values))
+
+    def fingerprint(self, role: str) -> str:
+        """Hash of what a trial's result depends on: dataset, model, train, objective, and the
+        search space ("search") or the default settings ("default").
 
         Host-specific locations are left out (data_dir; pretrained_file keeps only its file name),
         and so are execution fields, so workers on machines that mount data elsewhere still agree.
@@ -98,9 +93,12 @@ class StudySpec:
         if model.get("pretrained_file"):
             model["pretrained_file"] = os.path.basename(model["pretrained_file"])
         train = {k: v for k, v in self.train.items() if k not in EXECUTION_FIELDS}
-        blob = {"dataset": dataset, "model": model, "train": train,
-                "search_space": {k: dataclasses.asdict(a) for k, a in self.search_space.items()},
-                "objective": dataclasses.asdict(self.objective)}
+        blob: dict[str, Any] = {"dataset": dataset, "model": model, "train": train,
+                                "objective": dataclasses.asdict(self.objective)}
+        if role == "search":
+            blob["search_space"] = {k: dataclasses.asdict(a) for k, a in self.search_space.items()}
+        else:
+            blob["default_settings"] = dataclasses.asdict(self.default_settings)
         text = json.dumps(blob, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -131,7 +129,9 @@ def load_spec(path: str | Path) -> StudySpec:
     """Read and validate a study file."""
     source = str(path)
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{source}: not a UTF-8 text file (byte {e.start}: {e.reason})") from None
     except OSError as e:
         raise SpecError(f"{source}: cannot read the study file: {e.strerror}") from None
     try:
@@ -153,17 +153,15 @@ def parse_spec(data: dict, source: str = "<spec>") -> StudySpec:
 
 
 def _parse(data: Any) -> StudySpec:
-    from nbtl_search import samplers, space  # both build on this module: import late, no cycle
-
     if not isinstance(data, dict):
         raise SpecError(f"top level: must be a mapping of sections, got {describe(data)}")
     sections = [f.name for f in dataclasses.fields(StudySpec) if f.name != "path"]
     check_keys("top level", data, sections, what="section")
     name = data.get("name")
     if not isinstance(name, str) or not name.strip():
-        raise SpecError(f"name: required, the Optuna study name (a non-empty string), got {describe(name)}")
-    storage = _expand("storage", check_type("storage", data.get("storage", "sqlite:///nbtl.db"), str),
-                      user=False)
+        raise SpecError(f"name: required, the Optuna study name (a non-empty string), got {name!r}")
+    storage = expand("storage", check_type("storage", data.get("storage", "sqlite:///nbtl.db"), str),
+                     user=False)
     dataset = _fields_section(data, "dataset", DATASET_KEYS)
     if "name" not in dataset:
         raise SpecError("dataset.name: required (e.g. dtd, caltech256_30, imagefolder)")
@@ -172,14 +170,15 @@ def _parse(data: Any) -> StudySpec:
              **{v: f"model.{k}" for k, v in MODEL_KEYS.items()}}
     known = [f for f in FIELD_HINTS if f not in owned]
     train = _fields_section(data, "train", {f: f for f in known}, owned)
-    search_space = space.parse_search_space(data.get("search_space"), train)
-    sampler, pruner, objective, budget, final = (samplers.parse_knobs(data, name) for name in (
+    search_space = axes_mod.parse_search_space(data.get("search_space"), train)
+    sampler, pruner, objective, budget, final = (parse_knobs(data, section) for section in (
         "sampler", "pruner", "objective", "budget", "final"))
     if sampler.type == "grid":
-        space.grid_space(search_space)  # raises on a continuous axis
+        axes_mod.grid_space(search_space)  # raises on a continuous axis
+    settings = defaults_mod.parse_default_settings(data.get("default_settings"), train)
     spec = StudySpec(name=name, storage=storage, dataset=dataset, model=model, train=train,
                      search_space=search_space, sampler=sampler, pruner=pruner, objective=objective,
-                     budget=budget, default_settings={}, final=final)
+                     budget=budget, default_settings=settings, final=final)
     try:
         base = spec.base_config()
     except InputError as e:
@@ -187,12 +186,9 @@ def _parse(data: Any) -> StudySpec:
     if pruner.type == "hyperband" and pruner.min_resource > base.epochs:
         raise SpecError(f"pruner.min_resource: must be <= the training epochs ({base.epochs}), "
                         f"got {pruner.min_resource}")
-    spec = dataclasses.replace(spec, default_settings=_default_settings(data, base))
-    try:
-        spec.default_configs()
-    except InputError as e:
-        raise SpecError(f"default_settings: {e}") from None
-    space.check_configs(spec)
+    defaults_mod.check_default_configs(settings, spec.base_fields())
+    axes_mod.check_configs(search_space, spec.base_fields())
+    _check_augment_strings(spec)
     return spec
 
 
@@ -207,20 +203,7 @@ def _fields_section(data: dict, name: str, keys: dict[str, str],
     for key, value in raw.items():
         path, fname = f"{name}.{key}", keys[key]
         value = check_type(path, value, FIELD_HINTS[fname])
-        out[key] = _expand(path, value) if fname in PATH_FIELDS and value is not None else value
-    return out
-
-
-def _default_settings(data: dict, base: TrainConfig) -> dict[str, list]:
-    raw = mapping("default_settings", data.get("default_settings"))
-    check_keys("default_settings", raw, ("lr", "weight_decay"))
-    out = {}
-    for key, fallback in (("lr", DEFAULT_LRS), ("weight_decay", (base.weight_decay,))):
-        values = raw.get(key, list(fallback))
-        values = values if isinstance(values, list) else [values]
-        if not values:
-            raise SpecError(f"default_settings.{key}: must list at least one value")
-        out[key] = [check_type(f"default_settings.{key}[{i}]", v, float) for i, v in enumerate(values)]
+        out[key] = expand(path, value) if fname in PATH_FIELDS and value is not None else value
     return out
 
 
@@ -231,64 +214,28 @@ def _config_path(spec: StudySpec, message: str) -> str:
     return next((p for f, p in paths.items() if re.search(rf"\b{f}\b", message)), "train")
 
 
-# --- small checks shared with nbtl_search.space --------------------------------------------------
+def _check_augment_strings(spec: StudySpec) -> None:
+    """timm parses auto-augment strings only when a run builds its transform: build each distinct
+    one once now, so `aa: bogus` fails at load time instead of failing every trial."""
+    found: dict[str, str] = {}
+    if spec.train.get("aa"):
+        found[spec.train["aa"]] = "train.aa"
+    axis = spec.search_space.get("aa")
+    for sub, value in axis.extremes() if axis else []:
+        if value:
+            found.setdefault(value, f"search_space.aa{sub}")
+    for i, value in enumerate(spec.default_settings.grid.get("aa", ())):
+        if value:
+            found.setdefault(value, f"default_settings.aa[{i}]")
+    if spec.default_settings.fixed.get("aa"):
+        found.setdefault(spec.default_settings.fixed["aa"], "default_settings.aa")
+    if not found:
+        return
+    from trainer.data import build_transform  # imports torch and timm: only when there is a string
 
-FIELD_HINTS = typing.get_type_hints(TrainConfig)
-_WANT = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}
-
-
-def describe(value: Any) -> str:
-    return "nothing" if value is None else f"{type(value).__name__} {value!r}"
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def check_type(path: str, value: Any, hint: Any) -> Any:
-    """`value` as `hint` wants it (an int is fine where a float is wanted; a bool is not an int)."""
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    if optional:
-        if value is None:
-            return None
-        hint = next(a for a in args if a is not type(None))
-    origin = typing.get_origin(hint)
-    if hint is float and is_number(value):
-        return float(value)
-    if hint is int and is_number(value) and isinstance(value, int):
-        return value
-    if (hint is bool and isinstance(value, bool)) or (hint is str and isinstance(value, str)):
-        return value
-    if origin is tuple:
-        items = value if isinstance(value, (list, tuple)) else [value]
-        if items and all(is_number(v) for v in items):
-            return tuple(float(v) for v in items)
-    if origin is dict and isinstance(value, dict):
-        return dict(value)
-    want = _WANT.get(hint, "a list of numbers" if origin is tuple else "a mapping")
-    raise SpecError(f"{path}: must be {want}{' or null' if optional else ''}, got {describe(value)}")
-
-
-def check_keys(path: str, raw: dict, known: typing.Iterable[str], what: str = "key") -> None:
-    known = list(known)
-    for key in raw:
-        if key not in known:
-            where = f"{path}.{key}" if path != "top level" else str(key)
-            raise SpecError(f"{where}: unknown {what}; known: {', '.join(known) or '(none)'}")
-
-
-def mapping(path: str, raw: Any) -> dict:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise SpecError(f"{path}: must be a mapping, got {describe(raw)}")
-    return raw
-
-
-def _expand(path: str, value: str, user: bool = True) -> str:
-    out = os.path.expandvars(os.path.expanduser(value) if user else value)
-    unset = re.search(r"\$\{?(\w+)", out)
-    if unset:
-        raise SpecError(f"{path}: environment variable ${unset.group(1)} is not set (in {value!r})")
-    return out
+    data_config = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    for value, path in found.items():
+        try:
+            build_transform(spec.base_config(aa=value), data_config, training=True)
+        except InputError as e:
+            raise SpecError(f"{path}: {e}") from None

@@ -5,7 +5,7 @@ ways a single user never sees:
 
 - Workers that open a *fresh* database together race while Optuna creates its schema
   (``UNIQUE constraint failed: alembic_version.version_num``, ``table study_directions already
-  exists``, ``type "studydirection" already exists``). `open_storage` retries the constructor on
+  exists``, ``type "studydirection" already exists``). `open_rdb` retries the constructor on
   exactly those errors, with a short jittered backoff; `ensure_schema` lets the launcher create
   the schema once before any worker starts.
 - SQLite makes a second writer fail at once unless the connection waits for the lock, so every
@@ -32,6 +32,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
+HEARTBEAT_INTERVAL_S = 10  # a running trial's worker writes a heartbeat this often
+GRACE_PERIOD_S = 30  # a trial silent this long is failed and re-queued by the next worker
 SQLITE_TIMEOUT_S = 30  # how long a SQLite writer waits for the lock before failing
 PG_CONNECT_TIMEOUT_S = 10  # how long to wait for a PostgreSQL server that does not answer
 
@@ -118,23 +120,24 @@ def _causes(error: BaseException) -> list[BaseException]:
     return chain
 
 
-def open_storage(
+def open_rdb(
     url: str,
     *,
     heartbeat: bool = True,
-    heartbeat_interval: int = 10,
-    grace_period: int = 30,
-    max_retry: int | None = 3,
+    heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
+    grace_period: int = GRACE_PERIOD_S,
+    create: bool = True,
     attempts: int = 8,
 ) -> optuna.storages.RDBStorage:
     """Open Optuna's RDB storage at `url`, surviving the schema-creation race.
 
-    With `heartbeat`, each running trial writes a heartbeat every `heartbeat_interval` seconds;
-    a trial silent for more than `grace_period` seconds is failed (by the next worker asking for
-    a trial, or by `optuna.storages.fail_stale_trials`) and re-queued as a WAITING copy with the
-    same parameters, at most `max_retry` times per original trial (None: without limit). The copy
-    carries ``system_attrs["failed_trial"]`` (the original number) and ``"retry_history"``.
-    Heartbeats work only with ``study.optimize()``, not with ask/tell.
+    With `create=False` (the read-only verbs), a database that does not exist or holds no Optuna
+    tables is a `StorageError` and nothing is written: opening it would create both.
+
+    With `heartbeat`, the storage records heartbeats (the worker writes one every
+    `heartbeat_interval` seconds while its trial trains) and `fail_stale_trials` fails a trial
+    silent for more than `grace_period` seconds. Re-queueing such a trial is not Optuna's stale-trial
+    callback here: `queue.sync` does it once per lost trial, under the study lock.
 
     The constructor is retried up to `attempts` times on the errors of concurrent schema
     creation; every other failure raises `StorageError` at once.
@@ -143,30 +146,20 @@ def open_storage(
     if attempts < 1:
         raise ValueError(f"attempts must be >= 1, got {attempts}")
     kwargs: dict[str, Any] = {"engine_kwargs": engine_kwargs(url)}
+    if not create:
+        require_tables(url, "studies")
+        kwargs["skip_table_creation"] = True
     if heartbeat:
-        if heartbeat_interval < 1 or grace_period < 1:
-            raise ValueError(
-                f"heartbeat_interval and grace_period must be >= 1 s, "
-                f"got {heartbeat_interval} and {grace_period}"
-            )
-        if grace_period <= heartbeat_interval:
+        if heartbeat_interval < 1 or grace_period <= heartbeat_interval:
             # A grace period within one heartbeat interval would fail healthy trials.
             raise ValueError(
-                f"grace_period must exceed heartbeat_interval, got {grace_period} <= "
-                f"{heartbeat_interval}"
+                f"heartbeat_interval must be >= 1 s and grace_period must exceed it, "
+                f"got {heartbeat_interval} and {grace_period}"
             )
-        if max_retry is not None and max_retry < 0:
-            raise ValueError(f"max_retry must be >= 0 or None, got {max_retry}")
-        kwargs.update(
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=_quiet(
-                optuna.storages.RetryHeartbeatStaleTrialCallback, max_retry=max_retry
-            ),
-        )
+        kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     for attempt in range(attempts):
         try:
-            storage = _quiet(optuna.storages.RDBStorage, url, **kwargs)
+            storage = quiet(optuna.storages.RDBStorage, url, **kwargs)
             enable_wal(storage.engine)
             return storage
         except Exception as error:  # noqa: BLE001 - every failure becomes one StorageError line
@@ -175,6 +168,28 @@ def open_storage(
                 continue
             raise StorageError(describe(url, error)) from error
     raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def require_tables(url: str, table: str) -> None:
+    """Raise `StorageError` unless the database at `url` exists and holds `table`; never creates
+    the database (SQLite would create a missing file just by connecting)."""
+    parsed = _parse(url)
+    shown = _masked(parsed)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        if not os.path.isfile(os.path.expanduser(parsed.database)):
+            raise StorageError(f"no database at '{shown}': nothing has run there yet "
+                               f"(check --storage, or run `nbtl-search run STUDY.yaml` first)")
+    engine = sa.create_engine(url, **engine_kwargs(url))
+    try:
+        with engine.connect() as conn:
+            found = sa.inspect(conn).has_table(table)
+    except sa.exc.SQLAlchemyError as error:
+        raise StorageError(describe(url, error)) from error
+    finally:
+        engine.dispose()
+    if not found:
+        raise StorageError(f"no nbtl-search study in '{shown}' (no table {table}): "
+                           f"run `nbtl-search run STUDY.yaml` first")
 
 
 def enable_wal(engine: sa.Engine) -> None:
@@ -190,23 +205,13 @@ def enable_wal(engine: sa.Engine) -> None:
         # Still locked after the timeout: WAL only speeds things up; the next opener retries.
 
 
-def ensure_schema(url: str) -> None:
-    """Create Optuna's and nbtl's tables at `url` once, before workers open it concurrently."""
-    # Imported here: results builds its engine with this module's settings.
-    from nbtl_search.results import ResultStore
-
-    storage = open_storage(url, heartbeat=False)
-    storage.engine.dispose()
-    ResultStore(url).close()
-
-
 def _backoff(attempt: int) -> None:
     # Jitter spreads processes that collided apart; the cap keeps a worker's start-up short.
     time.sleep(random.uniform(0.05, min(2.0, 0.1 * 2**attempt)))
 
 
-def _quiet(factory: Any, *args: Any, **kwargs: Any) -> Any:
-    # Heartbeats and the retry callback are marked experimental in Optuna; that warning would
+def quiet(factory: Any, *args: Any, **kwargs: Any) -> Any:
+    # Heartbeats and fail_stale_trials are marked experimental in Optuna; that warning would
     # be printed by every worker of every study, and it tells the user nothing they can act on.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -226,28 +231,18 @@ def _parse(url: str) -> URL:
         ) from None
 
 
+def masked(url: str) -> str:
+    """The URL with its password replaced by ***, for anything printed or stored."""
+    try:
+        return _masked(make_url(url))
+    except (sa.exc.ArgumentError, ValueError):
+        return re.sub(r"(://[^/@]*?:)[^/@]*@", r"\1***@", url)
+
+
 def _masked(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
-    """Fail (and, with heartbeat retries, re-queue) trials whose worker stopped sending heartbeats.
-    Optuna calls this before each trial; the launcher calls it when a worker has died."""
-    _quiet(optuna.storages.fail_stale_trials, study)
-
-
-def fail_trials_of(study: optuna.Study, running: list[optuna.trial.FrozenTrial]) -> None:
-    """Fail `running` trials at once and re-queue them like stale ones (the heartbeat's retry
-    callback): for trials of a worker the launcher saw die, waiting out the grace period gains
-    nothing. Mirrors `optuna.storages.fail_stale_trials`, which has no public form for given trials."""
-    storage = study._storage
-    callback = storage.get_failed_trial_callback() if hasattr(storage, "get_failed_trial_callback") \
-        else None
-    for trial in running:
-        try:
-            if not storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:  # finished meanwhile by another process
-            continue
-        if callback is not None:
-            _quiet(callback, study, storage.get_trial(trial._trial_id))
+    """Fail the trials whose worker stopped sending heartbeats (no-op without heartbeats)."""
+    quiet(optuna.storages.fail_stale_trials, study)

@@ -15,6 +15,7 @@ from trainer import Decision, EpochMetrics, StopReason, TrainConfig, TrainResult
 FAIL_LR = 0.666  # raises inside "training"
 NAN_LR = 0.777  # validation accuracy becomes NaN
 # With $NBTL_FAKE_HANG set, the first epoch touches that file and then never finishes.
+# With $NBTL_FAKE_FLAKY set (a folder), the first run of each config fails, its retry succeeds.
 
 
 def score(cfg: TrainConfig) -> float:
@@ -25,6 +26,12 @@ def fake_fit(cfg: TrainConfig, reporter) -> TrainResult:
     lr = cfg.lrs[0]
     history = []
     stop = StopReason.COMPLETED
+    flaky = os.environ.get("NBTL_FAKE_FLAKY")
+    if flaky:
+        marker = Path(flaky) / f"{cfg.new_layers}-{lr}-{cfg.weight_decay}"
+        if not marker.exists():
+            marker.touch()
+            raise RuntimeError("flaky (fake): fails the first time")
     for epoch in range(1, cfg.epochs + 1):
         if lr == FAIL_LR:
             raise RuntimeError("CUDA out of memory (fake)")
@@ -61,24 +68,30 @@ def spec_dict(name: str = "fake", **overrides) -> dict:
         "sampler": {"type": "random", "seed": 0},
         "pruner": {"type": "none"},
         "budget": {"n_trials": 6},
-        "default_settings": {"lr": [0.01, 0.1]},
+        "default_settings": {"lr": [0.01, 0.1, 0.3]},  # best 0.1: inside, no extension
     }
     d.update(overrides)
     return d
 
 
 def worker_process(url: str, spec: dict, index: int, barrier=None, hang_file: str | None = None,
-                   grace_period: int = 30) -> None:
-    """Entry point of a spawned worker process running the fake trainer."""
+                   grace_period: int = 30, role: str = "search", flaky_dir: str | None = None) -> None:
+    """Entry point of a spawned worker process running the fake trainer; exits with the worker's
+    exit code."""
+    import sys
+
     import optuna
 
+    from nbtl_search.roles import ROLES
     from nbtl_search.spec import parse_spec
-    from nbtl_search.worker import SEARCH, WorkerOptions, run_worker
+    from nbtl_search.worker import WorkerOptions, run_worker
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if hang_file:
         os.environ["NBTL_FAKE_HANG"] = hang_file
+    if flaky_dir:
+        os.environ["NBTL_FAKE_FLAKY"] = flaky_dir
     if barrier is not None:
         barrier.wait()  # every worker opens the fresh database at the same moment
     opts = WorkerOptions(device="cpu", index=index, heartbeat_interval=1, grace_period=grace_period)
-    run_worker(parse_spec(spec, "fake"), url, SEARCH, opts, fit=fake_fit)
+    sys.exit(run_worker(parse_spec(spec, "fake"), url, ROLES[role], opts, fit=fake_fit))

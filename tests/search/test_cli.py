@@ -16,10 +16,11 @@ import pytest
 import yaml
 
 from nbtl_search.cli import main
-from nbtl_search.space import config_from_params
+from nbtl_search.roles import DEFAULT, SEARCH
+from nbtl_search.sampling import config_from_params
 from nbtl_search.spec import load_spec, parse_spec
-from nbtl_search.worker import DEFAULT, SEARCH, WorkerOptions, prepare_study, run_worker
-from nbtl_search.storage import open_storage
+from nbtl_search.storage import open_rdb
+from nbtl_search.worker import WorkerOptions, prepare_study, run_worker
 from tests.search import fakes
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -63,9 +64,14 @@ def test_bad_study_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, ca
     if isinstance(data, dict) and case != "malformed storage":
         data = {**data, "storage": f"sqlite:///{tmp_path / 'nbtl.db'}"}
     code, _, err = _run(capsys, "run", str(_write(tmp_path, data)), "--device", "cpu")
-    assert code == 2
-    assert needle in err and err.startswith("error: ") and err.count("\n") == 1, err
+    _assert_one_line(code, err, needle)
     assert not (tmp_path / "nbtl.db").exists()
+
+
+def _assert_one_line(code: int, err: str, needle: str) -> None:
+    assert code == 2, err
+    assert needle in err and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
 
 
 def test_unreachable_storage_exits_2(tmp_path, capsys) -> None:
@@ -85,7 +91,7 @@ def test_gpus_that_do_not_exist_exit_2(tmp_path, capsys) -> None:
 def test_a_study_name_reused_with_another_space_exits_2(tmp_path, capsys) -> None:
     url = f"sqlite:///{tmp_path / 'nbtl.db'}"
     first = parse_spec(fakes.spec_dict())
-    prepare_study(first, open_storage(url, heartbeat=False), SEARCH)
+    prepare_study(first, open_rdb(url, heartbeat=False), SEARCH)
     other = fakes.spec_dict(search_space={"lr": {"type": "float", "low": 0.001, "high": 0.3}})
     code, _, err = _run(capsys, "run", str(_write(tmp_path, other)), "--storage", url,
                         "--device", "cpu")
@@ -119,7 +125,7 @@ def test_status_best_and_export(finished_study, tmp_path, capsys) -> None:
     code, _, _ = _run(capsys, "export", str(path), "--out", str(tmp_path / "csv"))
     assert code == 0
     runs = (tmp_path / "csv" / "runs.csv").read_text().splitlines()
-    assert len(runs) == 1 + 6 + 2  # header, search budget, baseline grid
+    assert len(runs) == 1 + 6 + 3  # header, search budget, baseline grid
 
 
 def test_dashboard_serves_the_study_and_stops_cleanly(finished_study) -> None:

@@ -8,25 +8,26 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from nbtl_search.objective import Objective
+from nbtl_search.objective import Objective, Stopped
+from nbtl_search.queue import is_lost
 from nbtl_search.results import ResultStore
+from nbtl_search.roles import SEARCH
 from nbtl_search.spec import parse_spec
-from nbtl_search.storage import open_storage
+from nbtl_search.storage import open_rdb
 from tests.search import fakes
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 def _study(url: str, pruner=None) -> optuna.Study:
-    return optuna.create_study(study_name="s", storage=open_storage(url, heartbeat=False),
+    return optuna.create_study(study_name="s", storage=open_rdb(url, heartbeat=False),
                                direction="maximize", pruner=pruner or optuna.pruners.NopPruner())
 
 
-def _objective(url: str, lr: float, mode: str = "best", epochs: int = 4) -> Objective:
-    spec = parse_spec(fakes.spec_dict(train={"epochs": epochs}))
-    return Objective(make_config=lambda t: spec.base_config(lrs=(lr,), new_layers=2),
-                     store=ResultStore(url), study_name="s", role="search", mode=mode,
-                     fit=fakes.fake_fit)
+def _objective(url: str, lr: float, mode: str = "best", epochs: int = 4, fit=fakes.fake_fit) -> Objective:
+    spec = parse_spec(fakes.spec_dict(name="s", train={"epochs": epochs}, objective={"mode": mode},
+                                      search_space={"lr": lr, "new_layers": 2}))
+    return Objective(spec, SEARCH, ResultStore(url), fit=fit)
 
 
 def test_reported_values_reach_optuna_and_the_tables(sqlite_url: str) -> None:
@@ -76,3 +77,19 @@ def test_failures_become_failed_trials_and_the_worker_goes_on(sqlite_url: str, l
         assert len(objective.store.epochs(runs[0]["id"])) == 4
         assert all(e["val_top1"] is None or math.isnan(e["val_top1"])
                    for e in objective.store.epochs(runs[0]["id"]))
+
+
+def test_a_stopped_worker_fails_its_trial_as_lost(sqlite_url: str) -> None:
+    """SIGTERM in a worker raises Stopped inside the training: the trial is told FAIL and marked
+    lost (so the queue re-queues it), its row is failed, and Stopped reaches the worker loop."""
+    def stopped_fit(cfg, reporter):
+        raise Stopped("SIGTERM")
+
+    study = _study(sqlite_url)
+    objective = _objective(sqlite_url, lr=0.1, fit=stopped_fit)
+    with pytest.raises(Stopped):
+        study.optimize(objective, n_trials=1, catch=(Exception,))
+    (trial,) = study.trials
+    assert trial.state == TrialState.FAIL and is_lost(trial)
+    (run,) = objective.store.runs(study="s")
+    assert run["state"] == "failed" and "worker stopped" in run["error"]

@@ -136,6 +136,8 @@ def test_config_hash_ignores_how_a_run_executes() -> None:
     base = config_hash(_config())
     assert base == config_hash(_config(seed=3, device="cuda:1", output="/tmp/x", workers=4))
     assert base == config_hash(_config(eval_test=True, limit_train_batches=2))
+    assert base == config_hash(_config(image_cache=False, channels_last=True, data_dir="/elsewhere",
+                                       train_split="trainval", save_test_predictions=True))
     assert base != config_hash(_config(lrs=(0.01, 0.001, 0.0001)))
     assert base != config_hash(_config(new_layers=2))
     assert len(base) == 16 and int(base, 16) >= 0
@@ -166,8 +168,41 @@ def test_schema_is_the_documented_contract(store: ResultStore, storage_url: str)
         fks = inspector.get_foreign_keys("nbtl_epochs")
         assert [(f["referred_table"], f["constrained_columns"]) for f in fks] == [
             ("nbtl_runs", ["run_id"])]  # fmt: skip
+        ladder = [c["name"] for c in inspector.get_columns("nbtl_ladder")]
+        assert ladder == ["id", "study", "position", "rung", "adds", "config", "config_hash",
+                          "source_run_id", "val_top1", "val_mean", "val_n", "notes", "created_at"]
+        predictions = [c["name"] for c in inspector.get_columns("nbtl_predictions")]
+        assert predictions == ["run_id", "n_images", "n_classes", "npz"]
     finally:
         engine.dispose()
+
+
+def test_predictions_and_ladder_round_trip(store: ResultStore) -> None:
+    import numpy as np
+
+    import analysis
+
+    run_id = store.start_run(study="s", role="final", config=_config(), seed=0, device="cpu",
+                             final_of="search")
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(5), size=30).astype(np.float32)
+    labels = rng.integers(0, 5, 30)
+    store.save_predictions(run_id, probs, labels)
+    store.save_predictions(run_id, probs, labels)  # a rerun replaces, never duplicates
+    ((back, y),) = analysis.load.predictions(store.url, [run_id]).values()
+    assert np.array_equal(y, labels)
+    assert np.abs(back - probs).max() < 1e-3  # stored as float16: 3 significant digits
+    assert np.array_equal(back.argmax(1), probs.argmax(1))
+
+    rungs = [{"rung": "default", "config": _config(), "source_run_id": run_id, "val_top1": 70.0,
+              "val_mean": 69.0, "val_n": 3, "notes": ["lr 0.3 is the largest value tried"]},
+             {"rung": "optimal", "adds": "new_layers 1 -> 3", "config": _config(new_layers=3)}]
+    store.replace_ladder("s", rungs)
+    store.replace_ladder("s", rungs)  # replaces the study's ladder
+    got = store.ladder("s")
+    assert [(r["position"], r["rung"]) for r in got] == [(0, "default"), (1, "optimal")]
+    assert got[0]["notes"] == ["lr 0.3 is the largest value tried"] and got[1]["notes"] == []
+    assert got[1]["config_hash"] == config_hash(_config(new_layers=3))
 
 
 def _write_runs(url: str, barrier, worker: int) -> None:

@@ -1,4 +1,5 @@
-"""Search space -> Optuna parameters -> TrainConfig, and the samplers and pruners a study builds."""
+"""Search space -> Optuna parameters -> TrainConfig, the samplers and pruners a study builds, and
+the default settings' grid with its extension past the edge."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import optuna
 import pytest
 from optuna.trial import FixedTrial
 
-from nbtl_search.samplers import baseline_sampler, build_pruner, build_sampler
-from nbtl_search.space import config_from_params, distributions, params_to_yaml_space, suggest_config
-from nbtl_search.spec import SpecError, parse_spec
+from nbtl_search import defaults
+from nbtl_search.checks import SpecError
+from nbtl_search.sampling import (build_pruner, build_sampler, config_from_params, distributions,
+                                  fixed_space, suggest_config)
+from nbtl_search.spec import parse_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -69,7 +72,15 @@ def test_single_lr_and_l2sp_fill_every_part():
     assert cfg.l2sp_rates == (0.2,)
     per_part = {"l2_new": 1e-3, "l2sp_lower": {"type": "categorical", "choices": [0.0, 0.1]}}
     cfg = suggest_config(FixedTrial({"l2sp_lower": 0.1}), spec_with(per_part))
-    assert cfg.l2sp_rates == (1e-3, 0.0, 0.1)  # l2sp_upper missing -> 0
+    assert cfg.l2sp_rates == (0.0, 0.0, 0.1)  # l2sp_upper missing -> 0
+    assert cfg.l2_rates == (1e-3, 0.0, 0.0)  # L2 towards zero on the new layers
+
+
+def test_the_papers_combination_l2sp_below_and_l2_above():
+    space = {"l2sp_lower": {"type": "float", "low": 1e-3, "high": 1.0, "log": True},
+             "l2_upper": {"type": "float", "low": 1e-4, "high": 0.1, "log": True}, "l2_new": 0.01}
+    cfg = suggest_config(FixedTrial({"l2sp_lower": 0.3, "l2_upper": 0.002}), spec_with(space))
+    assert cfg.part_l2sp() == (0.0, 0.0, 0.3) and cfg.part_l2() == (0.01, 0.002, 0.0)
 
 
 def test_asked_trials_stay_in_range_and_round_trip():
@@ -97,7 +108,7 @@ def test_asked_trials_stay_in_range_and_round_trip():
 def test_best_params_as_fixed_space_rerun_the_same_config():
     spec = spec_with()
     for params in (PARAMS, {**PARAMS, "l2sp_upper_on": False}):
-        fixed = params_to_yaml_space(spec, params)
+        fixed = fixed_space(spec, params)
         assert fixed["l2sp_upper"] == (0.5 if params["l2sp_upper_on"] else 0.0)
         assert "l2sp_upper_on" not in fixed and fixed["lr_lower"] == 0.001
         rerun = spec_with(fixed)
@@ -159,16 +170,56 @@ def test_grid_sampler_walks_the_whole_grid():
     assert all(c.l2sp_rates == (0.1,) for c in seen)
 
 
-def test_baseline_sampler_covers_the_default_settings():
-    spec = spec_with(default_settings={"lr": [0.01, 0.03, 0.1], "weight_decay": [0.0, 1e-4]})
-    study = optuna.create_study(storage=None, direction="maximize", sampler=baseline_sampler(spec))
-    seen = []
+def test_default_grid_is_binary_transfer_with_the_studys_recipe():
+    recipe = {"epochs": 12, "mixup": 0.2, "aa": "rand-m9-mstd0.5-inc1", "reprob": 0.5,
+              "new_layers": 3, "l2sp_rates": [0.1]}
+    spec = spec_with({"lr_new": {"type": "float", "low": 0.01, "high": 0.3, "log": True},
+                      "lr_upper": 0.01, "lr_lower": 0.001},
+                     train=recipe, default_settings={"lr": [0.01, 0.03, 0.1],
+                                                     "weight_decay": [0.0, 1e-4]})
+    configs = spec.default_configs()
+    assert [(c.lrs, c.weight_decay) for c in configs] == [
+        ((lr,), wd) for lr in (0.01, 0.03, 0.1) for wd in (0.0, 1e-4)]  # lr-major
+    for c in configs:  # binary transfer ...
+        assert (c.new_layers, c.num_low, c.l2sp_rates, c.l2_rates) == (1, 0, (0.0,), (0.0,))
+        # ... trained with every train: field of the study, augmentation included
+        assert (c.mixup, c.aa, c.reprob, c.epochs) == (0.2, "rand-m9-mstd0.5-inc1", 0.5, 12)
 
-    def objective(trial):
-        lr = trial.suggest_categorical("lr", spec.default_settings["lr"])
-        wd = trial.suggest_categorical("weight_decay", spec.default_settings["weight_decay"])
-        seen.append(spec.default_config(lr, wd))
-        return 0.0
 
-    study.optimize(objective, n_trials=50)
-    assert sorted(seen, key=lambda c: (c.lrs, c.weight_decay)) == spec.default_configs()
+def test_a_searched_augmentation_axis_takes_its_default_settings_value():
+    space = {"lr": {"type": "float", "low": 0.01, "high": 0.3, "log": True},
+             "mixup": {"type": "float", "low": 0.0, "high": 0.4},
+             "aa": {"type": "categorical", "choices": [None, "rand-m9-mstd0.5-inc1"]}}
+    spec = spec_with(space, default_settings={"lr": [0.1], "mixup": 0.2})
+    (cfg,) = spec.default_configs()
+    assert cfg.mixup == 0.2  # from default_settings
+    assert cfg.aa is None  # not named there: TrainConfig's own default
+
+
+@pytest.mark.parametrize("grid, results, extended, expected", [
+    ([0.01, 0.03, 0.1, 0.3], {0.01: 60, 0.03: 65, 0.1: 70, 0.3: 75}, 0, {"lr": 1.0}),
+    ([0.01, 0.03, 0.1, 0.3], {0.01: 80, 0.03: 65, 0.1: 70, 0.3: 75}, 0, {"lr": 0.003}),
+    ([0.01, 0.03, 0.1, 0.3], {0.01: 60, 0.03: 80, 0.1: 70, 0.3: 75}, 0, None),  # interior
+    ([0.01, 0.03, 0.1, 0.3], {0.01: 60, 0.03: 65, 0.1: 70, 0.3: 75, 1.0: 77}, 1, {"lr": 3.0}),
+    ([0.01, 0.03, 0.1, 0.3], {0.01: 60, 0.03: 65, 0.1: 70, 0.3: 75, 1.0: 77, 3.0: 78}, 2, None),
+    ([0.001, 0.01], {0.001: 50, 0.01: 60}, 0, {"lr": 0.1}),  # a decade step stays a decade
+])
+def test_the_baseline_grid_extends_past_its_edge(grid, results, extended, expected):
+    settings = defaults.parse_default_settings({"lr": grid}, {})
+    finished = [({"lr": lr}, value) for lr, value in results.items()]
+    assert defaults.extension(settings, finished, extended) == expected
+
+
+def test_default_settings_refuse_what_is_not_theirs():
+    with pytest.raises(SpecError, match="default_settings.foo: not a TrainConfig field"):
+        spec_with(default_settings={"foo": 1})
+    with pytest.raises(SpecError, match="default_settings.new_layers: the default settings are binary"):
+        spec_with(default_settings={"new_layers": 2})
+    with pytest.raises(SpecError, match="default_settings.epochs: epochs is not a training setting"):
+        spec_with(default_settings={"epochs": 3})
+    with pytest.raises(SpecError, match="train.mixup fixes it for the search"):
+        spec_with({"lr": 0.1}, train={"mixup": 0.1}, default_settings={"mixup": 0.0})
+    spec_with({"lr": 0.1}, train={"weight_decay": 1e-4},  # its own regularisation is the baseline's
+              default_settings={"weight_decay": [0.0, 1e-4]})
+    with pytest.raises(SpecError, match=r"default_settings.lr: must be > 0"):
+        spec_with(default_settings={"lr": [0.1, 0.0]})

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from nbtl_search.samplers import BudgetSpec, PrunerSpec, SamplerSpec
-from nbtl_search.spec import SpecError, load_spec, parse_spec
+from nbtl_search.checks import SpecError
+from nbtl_search.knobs import BudgetSpec, PrunerSpec, SamplerSpec
+from nbtl_search.spec import load_spec, parse_spec
 from trainer.config import TrainConfig
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
@@ -115,9 +116,25 @@ BAD = [
     (study(final={"seeds": 0}), "final.seeds: must be >= 1"),
     (study(sampler={"type": "grid"}), "search_space.lr: the grid sampler needs discrete axes"),
     (study(default_settings={"lr": []}), "default_settings.lr: must list at least one value"),
-    (study(default_settings={"lr": [0.1, 0]}), "default_settings: lrs must be > 0"),
-    (study(default_settings={"momentum": [0.9]}),
-     "default_settings.momentum: unknown key; known: lr, weight_decay"),
+    (study(default_settings={"lr": [0.1, 0]}), "default_settings.lr: must be > 0"),
+    (study(default_settings={"lr": [0.1, 0.1]}), "default_settings.lr: lists a value twice"),
+    (study(default_settings={"momentum_x": [0.9]}),
+     "default_settings.momentum_x: not a TrainConfig field"),
+    (study(default_settings={"num_low": 2}), "default_settings.num_low: the default settings are binary"),
+    (study(default_settings={"device": "cuda"}), "default_settings.device: device is not a training"),
+    (study(default_settings={"extend": -1}), "default_settings.extend: must be >= 0"),
+    (study(default_settings={"mixup": -0.5}), "default_settings: mixup must be >= 0"),
+    (study(default_settings={"aa": "bogus-string"}), "default_settings.aa: aa 'bogus-string' is not"),
+    (study(search_space={"aa": {"type": "categorical", "choices": [None, "rand-mX"]}}),
+     "search_space.aa.choices[1]: aa 'rand-mX' is not a valid timm auto-augment string"),
+    ({**BASE, "train": {"aa": "bogus-string"}, "search_space": {"lr": 0.1}},
+     "train.aa: aa 'bogus-string'"),
+    (study(storage=""), "storage: must not be empty"),
+    (study(train={"remode": ""}), "train.remode: must not be empty"),
+    (study(search_space={"l2sp": 0.1, "l2_new": 0.1}), "search_space.l2_new: not together with l2sp"),
+    (study(final={"rerank_top_k": -1}), "final.rerank_top_k: must be >= 0"),
+    (study(train={"epochs": float("nan")}), "train.epochs: must be an integer"),
+    (study(train={"momentum": float("inf")}), "train.momentum: must be a number, got float inf"),
     # every fixed value and range end must make a valid TrainConfig
     (study(train={"batch_size": 0}), "train.batch_size: batch_size must be >= 1, got 0"),
     (study(train={"sched": "linear"}), "train.sched: sched must be one of step, cosine, none"),
@@ -153,6 +170,13 @@ def test_duplicate_key_is_an_error_with_line(tmp_path):
     path = tmp_path / "dup.yaml"
     path.write_text("name: t\ndataset: {name: dtd}\nsearch_space:\n  mixup: 0.1\n  mixup: 0.2\n")
     with pytest.raises(SpecError, match="line 5, column 3: invalid YAML: duplicate key 'mixup'"):
+        load_spec(path)
+
+
+def test_a_study_file_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(SpecError, match=rf"^{path}: not a UTF-8 text file"):
         load_spec(path)
 
 
@@ -203,8 +227,10 @@ def test_defaults_and_base_config():
 
 def test_default_configs_grid():
     data = study(train={"smoothing": 0.1, "mixup": 0.2, "aa": "rand-m9-mstd0.5-inc1"},
-                 default_settings={"lr": [0.01, 0.1], "weight_decay": [0.0, 1e-4, 1e-3]})
-    data["search_space"] = {"new_layers": 3, "l2sp": 0.1, "reprob": 0.3}
+                 default_settings={"lr": [0.01, 0.1], "weight_decay": [0.0, 1e-4, 1e-3],
+                                   "reprob": 0.25})
+    data["search_space"] = {"new_layers": 3, "l2sp": 0.1,
+                            "reprob": {"type": "float", "low": 0.0, "high": 0.5}}
     spec = parse_spec(data)
     configs = spec.default_configs()
     assert len(configs) == 6
@@ -212,27 +238,34 @@ def test_default_configs_grid():
         ((0.01,), 0.0), ((0.01,), 1e-4), ((0.01,), 1e-3)]
     defaults = TrainConfig()
     for c in configs:
-        assert (c.new_layers, c.l2sp_rates, c.aa, c.mixup, c.cutmix, c.reprob) == (
-            1, defaults.l2sp_rates, None, 0.0, 0.0, 0.0)
-        assert c.smoothing == 0.1 and c.epochs == 9  # train's fixed settings hold for the baseline too
+        # binary transfer (the search's fixed new_layers 3 and L2-SP are not the default's) ...
+        assert (c.new_layers, c.l2sp_rates, c.l2_rates) == (1, defaults.l2sp_rates, defaults.l2_rates)
+        # ... with the study's whole recipe, augmentation included ...
+        assert (c.aa, c.mixup, c.smoothing, c.epochs) == ("rand-m9-mstd0.5-inc1", 0.2, 0.1, 9)
+        assert c.reprob == 0.25  # ... and a searched axis at its default_settings value
     without_wd = parse_spec(study(train={"weight_decay": 5e-4}, default_settings={"lr": [0.01]}))
     assert [c.weight_decay for c in without_wd.default_configs()] == [5e-4]
-    assert without_wd.default_settings == {"lr": [0.01], "weight_decay": [5e-4]}
+    assert without_wd.default_settings.grid == {"lr": (0.01,)}
 
 
 def test_fingerprint_stable_and_sensitive():
     spec = parse_spec(BASE)
-    fp = spec.space_fingerprint()
-    assert fp == parse_spec(copy.deepcopy(BASE)).space_fingerprint()
+    fp = spec.fingerprint("search")
+    assert fp == parse_spec(copy.deepcopy(BASE)).fingerprint("search")
     # what a trial's result does not depend on: budget, sampler, storage, data location, device
     same = study(budget={"n_trials": 7}, sampler={"type": "random"}, storage="sqlite:///other.db",
                  dataset={"data_dir": "/elsewhere"}, train={"device": "cuda"})
-    assert parse_spec(same).space_fingerprint() == fp
+    assert parse_spec(same).fingerprint("search") == fp
     for changed in (study(search_space={"mixup": {"type": "float", "low": 0.0, "high": 0.5}}),
                     study(search_space={"reprob": 0.2}), study(objective={"mode": "last"}),
                     study(train={"epochs": 10}), study(dataset={"img_size": 96}),
                     study(model={"name": "resnet34"})):
-        assert parse_spec(changed).space_fingerprint() != fp
+        assert parse_spec(changed).fingerprint("search") != fp
+    # the baseline's results depend on its own settings, not on the search space
+    base = spec.fingerprint("default")
+    assert parse_spec(study(train={"reprob": 0.2})).fingerprint("default") != base  # its recipe
+    assert parse_spec(study(default_settings={"lr": [0.1]})).fingerprint("default") != base
+    assert parse_spec(study(default_settings={"lr": [0.1]})).fingerprint("search") == fp
 
 
 def test_spec_is_immutable():

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-import threading
-import time
 import warnings
 
 import optuna
 import pytest
 import sqlalchemy as sa
 
-from nbtl_search.results import ResultStore
-from nbtl_search.storage import StorageError, engine_kwargs, ensure_schema, open_storage
-from optuna.trial import TrialState
+from nbtl_search.results import ResultStore, ensure_schema
+from nbtl_search.storage import StorageError, engine_kwargs, masked, open_rdb
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -28,7 +25,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
     ],
 )
 def test_bad_url_is_one_clear_line(url: str, expected: str) -> None:
-    for opener in (open_storage, ResultStore):
+    for opener in (open_rdb, ResultStore):
         with pytest.raises(StorageError, match=expected) as info:
             opener(url)
         assert "\n" not in str(info.value)
@@ -36,14 +33,14 @@ def test_bad_url_is_one_clear_line(url: str, expected: str) -> None:
 
 def test_a_file_that_is_no_database_is_named(tmp_path) -> None:
     (tmp_path / "notes.db").write_text("not a database\n")
-    for opener in (open_storage, ResultStore):
+    for opener in (open_rdb, ResultStore):
         with pytest.raises(StorageError, match="notes.db': file is not a database$"):
             opener(f"sqlite:///{tmp_path / 'notes.db'}")
 
 
 def test_unreachable_postgres_fails_with_one_line_and_no_password() -> None:
     url = "postgresql+psycopg://nbtl:s3cret@127.0.0.1:1/nbtl"
-    for opener in (open_storage, ResultStore):
+    for opener in (open_rdb, ResultStore):
         with pytest.raises(StorageError) as info:
             opener(url)
         message = str(info.value)
@@ -59,16 +56,17 @@ def test_connections_wait_a_bounded_time_and_url_settings_win() -> None:
     assert engine_kwargs("sqlite:///nbtl.db")["connect_args"]["timeout"] >= 10
 
 
-def test_open_storage_warns_nothing_and_retries_stale_trials(storage_url: str) -> None:
+def test_open_rdb_warns_nothing_and_leaves_retries_to_the_queue(storage_url: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no FutureWarning (deprecated API), no experimental noise
-        storage = open_storage(storage_url, heartbeat_interval=5, grace_period=20, max_retry=2)
+        storage = open_rdb(storage_url, heartbeat_interval=5, grace_period=20)
     assert (storage.heartbeat_interval, storage.grace_period) == (5, 20)
-    callback = storage.get_heartbeat_stale_trial_callback()
-    assert isinstance(callback, optuna.storages.RetryHeartbeatStaleTrialCallback)
-    assert open_storage(storage_url, heartbeat=False).get_heartbeat_interval() is None
+    # Optuna's stale-trial callback would re-queue a lost trial once per worker that notices it;
+    # nbtl_search.queue re-queues it once, under the study lock
+    assert storage.get_heartbeat_stale_trial_callback() is None
+    assert open_rdb(storage_url, heartbeat=False).get_heartbeat_interval() is None
     with pytest.raises(ValueError, match="grace_period must exceed"):
-        open_storage(storage_url, heartbeat_interval=10, grace_period=10)
+        open_rdb(storage_url, heartbeat_interval=10, grace_period=10)
 
 
 def test_ensure_schema_creates_every_table_once(storage_url: str) -> None:
@@ -87,14 +85,14 @@ def test_ensure_schema_creates_every_table_once(storage_url: str) -> None:
 
 def _join_study(url: str, barrier) -> None:
     barrier.wait(timeout=60)  # every process opens the fresh database at the same moment
-    storage = open_storage(url)
+    storage = open_rdb(url)
     optuna.create_study(study_name="race", storage=storage, load_if_exists=True)
     ResultStore(url).close()
 
 
 def test_workers_opening_a_fresh_database_together_all_start(storage_url: str) -> None:
     # Plain RDBStorage in this setup: 9 of 10 rounds on SQLite and 10 of 10 on PostgreSQL had a
-    # crashed process (see the report); open_storage retries the schema-creation errors.
+    # crashed process (see the report); open_rdb retries the schema-creation errors.
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(6)
     procs = [ctx.Process(target=_join_study, args=(storage_url, barrier)) for _ in range(6)]
@@ -103,56 +101,30 @@ def test_workers_opening_a_fresh_database_together_all_start(storage_url: str) -
     for p in procs:
         p.join(timeout=120)
     assert [p.exitcode for p in procs] == [0] * 6
-    assert optuna.get_all_study_names(open_storage(storage_url, heartbeat=False)) == ["race"]
+    assert optuna.get_all_study_names(open_rdb(storage_url, heartbeat=False)) == ["race"]
 
 
-def _hang_in_a_trial(url: str, started) -> None:
-    storage = open_storage(url, heartbeat_interval=1, grace_period=2)
-    study = optuna.load_study(study_name="hb", storage=storage)
+def test_read_only_opening_creates_nothing(tmp_path, storage_url: str) -> None:
+    missing = f"sqlite:///{tmp_path / 'nope.db'}"
+    for opener in (lambda u: open_rdb(u, heartbeat=False, create=False),
+                   lambda u: ResultStore(u, create=False)):
+        with pytest.raises(StorageError, match="no database at"):
+            opener(missing)
+        assert not (tmp_path / "nope.db").exists()
+    engine = sa.create_engine(storage_url)
+    try:
+        engine.connect().close()  # an empty database (SQLite: an empty file)
+        for opener in (lambda u: open_rdb(u, heartbeat=False, create=False),
+                       lambda u: ResultStore(u, create=False)):
+            with pytest.raises(StorageError, match="no nbtl-search study in"):
+                opener(storage_url)
+        assert sa.inspect(engine).get_table_names() == []  # still empty afterwards
+    finally:
+        engine.dispose()
 
-    def objective(trial: optuna.Trial) -> float:
-        trial.suggest_float("x", 0.0, 1.0)
-        # Optuna's heartbeat thread starts alongside the objective; record one now so the
-        # trial is known to be alive before the parent kills this process.
-        storage.record_heartbeat(trial._trial_id)
-        started.set()
-        threading.Event().wait()  # until SIGKILL
-        return 0.0
 
-    study.optimize(objective, n_trials=1)
-
-
-def test_killed_workers_trial_is_failed_and_retried(storage_url: str) -> None:
-    ensure_schema(storage_url)
-    optuna.create_study(study_name="hb", storage=open_storage(storage_url, heartbeat=False))
-    ctx = mp.get_context("spawn")
-    started = ctx.Event()
-    worker = ctx.Process(target=_hang_in_a_trial, args=(storage_url, started))
-    worker.start()
-    assert started.wait(timeout=60), "the worker never started its trial"
-    worker.kill()  # SIGKILL: no cleanup, the trial stays RUNNING in the database
-    worker.join(timeout=30)
-
-    study = optuna.load_study(
-        study_name="hb", storage=open_storage(storage_url, heartbeat_interval=1, grace_period=2)
-    )
-    (original,) = study.get_trials(deepcopy=False)
-    assert original.state == TrialState.RUNNING
-    deadline = time.monotonic() + 30  # the grace period (2 s) plus SQLite's 1 s clock
-    while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        assert time.monotonic() < deadline, "the stale trial was never failed"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-        time.sleep(0.2)  # poll interval, not synchronisation: the loop checks the state
-
-    failed, retry = study.get_trials()
-    assert failed.state == TrialState.FAIL
-    assert retry.state == TrialState.WAITING and retry.params == original.params
-    assert retry.system_attrs["failed_trial"] == original.number
-
-    # The next worker runs the queued copy with the same parameters.
-    study.optimize(lambda trial: trial.suggest_float("x", 0.0, 1.0), n_trials=1)
-    done = study.get_trials(states=(TrialState.COMPLETE,))
-    assert [t.params for t in done] == [original.params]
-    assert done[0].system_attrs["retry_history"] == [original.number]
+def test_masked_hides_the_password() -> None:
+    assert masked("postgresql+psycopg://user:s3cret@db:5432/x") == \
+        "postgresql+psycopg://user:***@db:5432/x"
+    assert "s3cret" not in masked("postgresql://user:s3cret@db/x?sslmode=require")
+    assert masked("sqlite:///nbtl.db") == "sqlite:///nbtl.db"

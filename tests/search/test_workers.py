@@ -1,4 +1,5 @@
-"""Workers: several processes on one study, on SQLite and PostgreSQL; crash recovery."""
+"""Workers: several processes on one study, on SQLite and PostgreSQL; grids run every point once;
+crash recovery re-queues each lost trial once."""
 
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from nbtl_search.objective import RUN_ID_ATTR, WORKER_ATTR
+from nbtl_search import attrs
+from nbtl_search.queue import MAX_RETRIES, grid_coverage, is_lost
 from nbtl_search.results import ResultStore
+from nbtl_search.roles import DEFAULT, SEARCH
+from nbtl_search.sampling import distributions, suggest
 from nbtl_search.spec import parse_spec
-from nbtl_search.storage import fail_stale_trials, open_storage
-from nbtl_search.worker import GAVE_UP, MAX_FAILURES_IN_A_ROW, SEARCH, WorkerOptions, run_worker
+from nbtl_search.storage import fail_stale_trials, open_rdb
+from nbtl_search.worker import GAVE_UP, MAX_FAILURES_IN_A_ROW, WorkerOptions, prepare_study, run_worker
 from tests.search import fakes
 from tests.trainer.trees import make_imagefolder
 
@@ -28,15 +32,15 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _assert_tables_agree(url: str, study_name: str) -> list[optuna.trial.FrozenTrial]:
-    """nbtl_runs holds one row per Optuna trial, with the same state and value."""
-    study = optuna.load_study(study_name=study_name, storage=open_storage(url, heartbeat=False))
-    trials = study.get_trials()
-    runs = {r["id"]: r for r in ResultStore(url).runs(study=study_name)}
+def _assert_tables_agree(url: str, study_name: str, role: str = "search") -> list[optuna.trial.FrozenTrial]:
+    """nbtl_runs holds one row per Optuna trial that started, with the same state and value."""
+    study = optuna.load_study(study_name=study_name, storage=open_rdb(url, heartbeat=False))
+    trials = [t for t in study.get_trials() if t.state != TrialState.WAITING]
+    runs = {r["id"]: r for r in ResultStore(url).runs(study=study_name.split(".")[0], role=role)}
     assert len(runs) == len(trials)
     state = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
     for t in trials:
-        run = runs[t.user_attrs[RUN_ID_ATTR]]
+        run = runs[t.user_attrs[attrs.RUN_ID]]
         assert run["trial_number"] == t.number
         assert run["state"] == state[t.state]
         if t.state == TrialState.COMPLETE:
@@ -44,21 +48,115 @@ def _assert_tables_agree(url: str, study_name: str) -> list[optuna.trial.FrozenT
     return trials
 
 
-def test_four_workers_started_together_on_a_fresh_database(storage_url: str) -> None:
-    spec = fakes.spec_dict(budget={"n_trials": 12})
+def _start_workers(url: str, spec: dict, n: int, **kwargs) -> list:
     ctx = mp.get_context("spawn")
-    barrier = ctx.Barrier(4)
-    procs = [ctx.Process(target=fakes.worker_process, args=(storage_url, spec, i, barrier))
-             for i in range(4)]
+    barrier = ctx.Barrier(n)
+    procs = [ctx.Process(target=fakes.worker_process, args=(url, spec, i, barrier), kwargs=kwargs)
+             for i in range(n)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(timeout=240)
-    assert [p.exitcode for p in procs] == [0, 0, 0, 0]  # nobody died in the schema race
+    return [p.exitcode for p in procs]
+
+
+GRID_SEARCH = {"new_layers": {"type": "int", "low": 1, "high": 3},
+               "lr": {"type": "categorical", "choices": [0.01, 0.03, 0.1, 0.3]}}
+GRID_DEFAULT = {"lr": [0.03, 0.1, 0.3], "weight_decay": [0.0, 1e-4], "extend": 0}
+
+
+def test_four_workers_run_every_grid_point_exactly_once(storage_url: str) -> None:
+    """Optuna's GridSampler picks points in each process and collides (2-4 workers ran 2-3
+    distinct points of a 4-point grid); enqueued points popped under the study lock do not."""
+    spec = fakes.spec_dict(search_space=GRID_SEARCH, sampler={"type": "grid", "seed": 0},
+                           default_settings=GRID_DEFAULT, budget={"n_trials": 3})
+    for role, study_name, size in (("default", "fake.default", 6), ("search", "fake", 12)):
+        assert _start_workers(storage_url, spec, 4, role=role) == [0, 0, 0, 0]
+        trials = _assert_tables_agree(storage_url, study_name, role)
+        assert [t.state for t in trials] == [TrialState.COMPLETE] * size  # the budget: the grid
+        points = {tuple(sorted(t.params.items())) for t in trials}
+        assert len(points) == size  # distinct configs, not rows: no duplicate, none missing
+        assert grid_coverage(trials) == (size, 0, size)
+        runs = ResultStore(storage_url).runs(study="fake", role=role)
+        assert len({r["config_hash"] for r in runs}) == size
+    assert points == {(("lr", lr), ("new_layers", n)) for n in (1, 2, 3)
+                      for lr in (0.01, 0.03, 0.1, 0.3)}
+
+
+def test_a_failed_grid_point_is_retried_not_skipped(sqlite_url: str, tmp_path: Path) -> None:
+    spec = fakes.spec_dict(default_settings={"lr": [0.01, 0.03, 0.1, 0.3], "extend": 0})
+    flaky = tmp_path / "flaky"
+    flaky.mkdir()
+    assert _start_workers(sqlite_url, spec, 2, role="default", flaky_dir=str(flaky)) == [0, 0]
+    trials = _assert_tables_agree(sqlite_url, "fake.default", "default")
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 4 and all("flaky" in t.user_attrs[attrs.FAIL_REASON] for t in failed)
+    retries = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.user_attrs[attrs.RETRY_OF] for t in retries) == sorted(t.number for t in failed)
+    assert sorted(t.params["lr"] for t in retries) == [0.01, 0.03, 0.1, 0.3]
+    assert grid_coverage(trials) == (4, 0, 4)
+
+
+def test_a_point_that_always_fails_is_tried_a_bounded_number_of_times(sqlite_url: str) -> None:
+    spec = parse_spec(fakes.spec_dict(default_settings={"lr": [0.1, fakes.FAIL_LR], "extend": 0}))
+    code = run_worker(spec, sqlite_url, DEFAULT, WorkerOptions(device="cpu", index=0),
+                      fit=fakes.fake_fit)
+    assert code == 0  # the grid is done: one point ran, the other ran out of retries
+    trials = _assert_tables_agree(sqlite_url, "fake.default", "default")
+    bad = [t for t in trials if t.params["lr"] == fakes.FAIL_LR]
+    assert [t.state for t in bad] == [TrialState.FAIL] * (1 + MAX_RETRIES)
+    assert grid_coverage(trials) == (1, 0, 2)
+
+
+def test_the_baseline_extends_its_grid_past_the_edge(sqlite_url: str) -> None:
+    # the fake score peaks at lr 0.1: a grid that stops at 0.03 must grow upwards until it passes it
+    spec = parse_spec(fakes.spec_dict(default_settings={"lr": [0.003, 0.01, 0.03]}))
+    assert run_worker(spec, sqlite_url, DEFAULT, WorkerOptions(device="cpu", index=0),
+                      fit=fakes.fake_fit) == 0
+    trials = _assert_tables_agree(sqlite_url, "fake.default", "default")
+    lrs = [t.params["lr"] for t in trials]
+    assert lrs == [0.003, 0.01, 0.03, 0.1, 0.3]  # 2 extensions; 0.1 is now an interior best
+    assert [bool(t.user_attrs.get(attrs.EXTENSION)) for t in trials] == [False] * 3 + [True] * 2
+
+
+def _lost_trials(url: str, spec: dict, n: int) -> list[int]:
+    """`n` trials left RUNNING by a worker that vanished after its last heartbeat."""
+    parsed = parse_spec(spec, "fake")
+    storage = open_rdb(url, heartbeat_interval=1, grace_period=2)
+    study = prepare_study(parsed, storage, SEARCH)
+    store = ResultStore(url)
+    numbers = []
+    for _ in range(n):
+        trial = study.ask()
+        params = suggest(trial, distributions(parsed))
+        run_id = store.start_run(study="fake", role="search", config=parsed.search_config(params)
+                                 .to_dict(), seed=0, device="cpu", trial_number=trial.number)
+        trial.set_user_attr(attrs.RUN_ID, run_id)
+        storage.record_heartbeat(trial._trial_id)
+        numbers.append(trial.number)
+    store.close()
+    return numbers
+
+
+def test_four_workers_recovering_together_requeue_each_lost_trial_once(storage_url: str) -> None:
+    spec = fakes.spec_dict(budget={"n_trials": 8})
+    lost = _lost_trials(storage_url, spec, 2)
+    assert _start_workers(storage_url, spec, 4, grace_period=2) == [0, 0, 0, 0]
+    trials = _assert_tables_agree(storage_url, "fake")
+    for number in lost:
+        assert is_lost(trials[number])
+        (retry,) = [t for t in trials if t.user_attrs.get(attrs.RETRY_OF) == number]
+        assert retry.state == TrialState.COMPLETE and retry.params == trials[number].params
+    assert len([t for t in trials if t.state in FINISHED]) == 8  # exactly the budget
+    assert {r["state"] for r in ResultStore(storage_url).runs(study="fake")} <= {"complete", "failed"}
+
+
+def test_four_workers_started_together_on_a_fresh_database(storage_url: str) -> None:
+    spec = fakes.spec_dict(budget={"n_trials": 12})
+    assert _start_workers(storage_url, spec, 4) == [0, 0, 0, 0]  # nobody died in the schema race
     trials = _assert_tables_agree(storage_url, "fake")
     finished = [t for t in trials if t.state in FINISHED]
-    # the budget counts finished trials; each other worker may have one trial in flight at the end
-    assert 12 <= len(finished) <= 12 + 3
+    assert len(finished) == 12  # the budget counts finished trials, claimed under the lock
     assert not [t for t in trials if t.state == TrialState.FAIL]
     assert len({(t.params["new_layers"], t.params["lr"]) for t in trials}) == len(trials)
 
@@ -74,21 +172,22 @@ def test_a_killed_workers_trial_is_failed_and_retried(sqlite_url: str, tmp_path:
     victim.kill()  # SIGKILL: no chance to clean up, like a lost host
     victim.join()
 
-    storage = open_storage(sqlite_url, heartbeat_interval=1, grace_period=2)
+    storage = open_rdb(sqlite_url, heartbeat_interval=1, grace_period=2)
     study = optuna.load_study(study_name="fake", storage=storage)
     assert [t.state for t in study.trials] == [TrialState.RUNNING]
-    # what every worker does before its next trial, and the launcher after a worker dies
+    # what every worker does under the study lock before it claims a trial
     _poll(lambda: fail_stale_trials(study) or study.trials[0].state == TrialState.FAIL or None,
           "the heartbeat to go stale")
 
-    survivor = ctx.Process(target=fakes.worker_process, args=(sqlite_url, spec, 1))
+    survivor = ctx.Process(target=fakes.worker_process, args=(sqlite_url, spec, 1),
+                           kwargs={"grace_period": 2})
     survivor.start()
     survivor.join(timeout=120)
     assert survivor.exitcode == 0
     trials = _assert_tables_agree(sqlite_url, "fake")
-    assert trials[0].state == TrialState.FAIL
+    assert trials[0].state == TrialState.FAIL and is_lost(trials[0])
     retry = trials[1]
-    assert retry.system_attrs["failed_trial"] == 0 and retry.params == trials[0].params
+    assert retry.user_attrs[attrs.RETRY_OF] == 0 and retry.params == trials[0].params
     assert retry.state == TrialState.COMPLETE
     assert len([t for t in trials if t.state in FINISHED]) == 3  # the crash did not shrink the budget
     lost = ResultStore(sqlite_url).runs(study="fake")[0]
@@ -146,7 +245,7 @@ def test_a_corrupt_image_fails_the_trial_with_its_reason(sqlite_url: str, tmp_pa
     trials = _assert_tables_agree(sqlite_url, "fake")
     assert [t.state for t in trials] == [TrialState.FAIL] * MAX_FAILURES_IN_A_ROW
     reason = trials[0].user_attrs["fail_reason"]
-    assert "UnidentifiedImageError" in reason and bad.name in reason  # names the file to fix
+    assert "cannot identify image file" in reason and bad.name in reason  # names the file to fix
 
 
 @pytest.mark.slow
@@ -174,7 +273,8 @@ def test_run_restarts_a_killed_worker_and_retries_its_trial(tmp_path: Path) -> N
     assert "restarting" in out
     trials = _assert_tables_agree(url, "tiny")  # the lost run is `failed` in nbtl_runs too
     (lost,) = [t for t in trials if t.state == TrialState.FAIL]
-    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == lost.number]
+    assert is_lost(lost)
+    (retry,) = [t for t in trials if t.user_attrs.get(attrs.RETRY_OF) == lost.number]
     assert retry.state == TrialState.COMPLETE and retry.params == lost.params
     assert len([t for t in trials if t.state in FINISHED]) >= 2
 
@@ -182,12 +282,12 @@ def test_run_restarts_a_killed_worker_and_retries_its_trial(tmp_path: Path) -> N
 def _training_worker(url: str) -> str | None:
     """The worker label of a trial that has reported an epoch, if any."""
     try:
-        study = optuna.load_study(study_name="tiny", storage=open_storage(url, heartbeat=False))
+        study = optuna.load_study(study_name="tiny", storage=open_rdb(url, heartbeat=False))
     except Exception:  # the launcher has not created the study (or the database) yet
         return None
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.intermediate_values and t.user_attrs.get(WORKER_ATTR):
-            return t.user_attrs[WORKER_ATTR]
+        if t.intermediate_values and t.user_attrs.get(attrs.WORKER):
+            return t.user_attrs[attrs.WORKER]
     return None
 
 
