@@ -10,14 +10,14 @@ imports `trainer` or `nbtl_search`.
     analysis.report.write_report("sqlite:///nbtl.db", "demo_digits", "report.html")
 """
 
-from analysis import figures, report
-from analysis.compare import RUNGS, compare, ensemble_accuracy, ladder
-from analysis.load import AnalysisError, epochs, runs, studies
+from analysis import figures, report, stats
+from analysis.compare import compare, ensemble_accuracy, ladder
+from analysis.load import AnalysisError, AnalysisWarning, epochs, runs, studies
 from analysis.report import summary_markdown, write_report
 
 __all__ = [
-    "RUNGS",
     "AnalysisError",
+    "AnalysisWarning",
     "compare",
     "ensemble_accuracy",
     "epochs",
@@ -25,6 +25,7 @@ __all__ = [
     "ladder",
     "report",
     "runs",
+    "stats",
     "studies",
     "summary_markdown",
     "write_report",

@@ -14,35 +14,35 @@ import pandas as pd
 import plotly.graph_objects as go
 import sqlalchemy as sa
 
-from analysis.compare import RUNGS
 from analysis.load import AXES, AnalysisError, epochs, runs
 
 _COMPLETE_COLOR, _PRUNED_COLOR, _DEFAULT_COLOR = "#1f77b4", "#aaaaaa", "#d62728"
 
 
 def ladder_figure(df_ladder: pd.DataFrame, title: str) -> go.Figure:
-    """Bars per rung: validation top-1 of the rung's best run and its final test top-1 (mean of
-    seeds); rows that are not rungs (`reference` entries) become dashed horizontal lines."""
-    if df_ladder.empty or df_ladder[["val_top1", "test_top1"]].isna().all().all():
-        raise AnalysisError("the ladder is empty: no run has a validation or test score yet")
-    rungs = df_ladder[df_ladder["rung"].isin(RUNGS)]
-    refs = df_ladder[~df_ladder["rung"].isin(RUNGS)]
+    """The paper's figure: one bar per rung, test top-1 mean over the final runs' seeds with the
+    sd as error bar, from the best default to the optimum, then the ensemble; `reference` rows
+    become dashed horizontal lines."""
+    refs = df_ladder[df_ladder["adds"] == "reference"]
+    bars = df_ladder[df_ladder["adds"] != "reference"]
+    if bars["test_mean"].isna().all():
+        raise AnalysisError("the ladder has no test results yet: run `nbtl-search final STUDY.yaml`")
+    y = bars["test_mean"].astype(float)
+    labels = [f"{r} (n={n})" if n else r for r, n in zip(bars["rung"], bars["n_seeds"])]
     fig = go.Figure()
-    for col, name, color in (("val_top1", "validation top-1 (selection)", "#9ecae1"),
-                             ("test_top1", "test top-1 (final runs)", "#08519c")):
-        y = rungs[col].astype(float)
-        fig.add_bar(x=rungs["rung"], y=y, name=name, marker_color=color,
-                    text=[("" if math.isnan(v) else f"{v:.1f}") for v in y],
-                    textposition="outside")
+    fig.add_bar(x=labels, y=y, name="test top-1 (final runs)", marker_color="#08519c",
+                error_y=dict(type="data", array=bars["test_sd"].fillna(0.0).astype(float)),
+                text=[("" if math.isnan(v) else f"{v:.1f}") for v in y], textposition="outside",
+                hovertext=bars["adds"], hoverinfo="text+y")
     for _, ref in refs.iterrows():
-        fig.add_hline(y=float(ref["test_top1"]), line_dash="dash", line_color="#444",
-                      annotation_text=f"{ref['rung']}: {ref['test_top1']:.1f}",
+        fig.add_hline(y=float(ref["test_mean"]), line_dash="dash", line_color="#444",
+                      annotation_text=f"{ref['rung']}: {ref['test_mean']:.1f}",
                       annotation_position="top left")
-    values = pd.concat([df_ladder["val_top1"], df_ladder["test_top1"]]).dropna()
+    values = pd.concat([y - bars["test_sd"].fillna(0.0), df_ladder["test_mean"]]).dropna()
     # Start the axis near the lowest bar: the ladder is about differences of a few points.
     low, high = max(0.0, values.min() - 5.0), min(100.0, values.max() + 3.0)
-    fig.update_layout(title=title, barmode="group", yaxis_title="top-1 accuracy (%)",
-                      yaxis_range=[low, max(high, low + 1.0)], legend_orientation="h")
+    fig.update_layout(title=title, yaxis_title="test top-1 accuracy (%)",
+                      yaxis_range=[low, max(high, low + 1.0)], showlegend=False)
     return fig
 
 
@@ -114,8 +114,10 @@ def importance_figure(url: str, study: str) -> go.Figure:
         return fig
     names = list(importances)[::-1]  # most important at the top
     fig.add_bar(x=[importances[k] for k in names], y=names, orientation="h")
+    fig.update_yaxes(automargin=True)  # long parameter names keep their whole label
     fig.update_layout(title=f"{study}: parameter importances (fANOVA)",
-                      xaxis_title="share of the variance of validation top-1")
+                      xaxis_title="share of the variance of validation top-1",
+                      margin=dict(l=20 + 7 * max(len(n) for n in names)))
     return fig
 
 

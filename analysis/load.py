@@ -7,8 +7,9 @@ imports `trainer` or `nbtl_search`.
 
 - the search axes get short, unprefixed columns, with the 1-or-3 lists expanded per part
   `[new, upper, lower]` (one value = the same for every part): `new_layers`, `num_low`,
-  `lr_new`, `lr_upper`, `lr_lower`, `l2_new` (the new part has no pre-trained weights, so its rate
-  pulls towards zero), `l2sp_upper`, `l2sp_lower`;
+  `lr_new`, `lr_upper`, `lr_lower`; `l2sp_upper`, `l2sp_lower` (towards the pre-trained weights);
+  `l2_new`, `l2_upper`, `l2_lower` (towards zero; `l2_new` adds the new part's entry of
+  `l2sp_rates`, which also pulls towards zero since new layers have no pre-trained weights);
 - every config key `k` is also kept verbatim as `cfg_k` (lists as tuples, dicts as JSON text), so
   `cfg_weight_decay`, `cfg_mixup`, `cfg_aa`, `cfg_lrs`, ... never collide with the run's own
   columns (`seed`, `dataset`, `model`, ...).
@@ -16,6 +17,7 @@ imports `trainer` or `nbtl_search`.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Iterable, Iterator
@@ -23,22 +25,35 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
 RUNS = "nbtl_runs"
 EPOCHS = "nbtl_epochs"
-PART_COLUMNS = {
-    "lrs": ("lr_new", "lr_upper", "lr_lower"),
-    "l2sp_rates": ("l2_new", "l2sp_upper", "l2sp_lower"),
-}
-AXES = ("new_layers", "num_low") + PART_COLUMNS["lrs"] + PART_COLUMNS["l2sp_rates"]
+LADDER = "nbtl_ladder"
+PREDICTIONS = "nbtl_predictions"
+LR_COLUMNS = ("lr_new", "lr_upper", "lr_lower")
+AXES = ("new_layers", "num_low", *LR_COLUMNS, "l2sp_upper", "l2sp_lower", "l2_new", "l2_upper",
+        "l2_lower")
+# Config keys that say where or how a run executed, or on which split, not what it trained:
+# never "a setting that differs". Our own copy of the orchestrator's rule (the field roles
+# location, seed, execution, evaluation and test in trainer/config.py); a test checks they agree.
+NOT_SETTINGS = frozenset({
+    "data_dir", "train_split", "channels_last", "seed", "device", "workers", "image_cache",
+    "output", "eval_test", "save_test_predictions", "checkpoint", "resume",
+    "limit_train_batches", "limit_eval_batches",
+})  # fmt: skip
 _TIMES = ("started_at", "finished_at")
 _INTS = ("trial_number", "seed", "best_epoch", "epochs_run", "source_run_id")
 
 
 class AnalysisError(ValueError):
     """The database does not (yet) hold what was asked for; the message says what to run first."""
+
+
+class AnalysisWarning(UserWarning):
+    """A result is missing, so one figure or column is left out (the rest is computed)."""
 
 
 def display_url(url: str) -> str:
@@ -126,9 +141,42 @@ def epochs(url: str, study: str | None = None,
         df = df[df["run_id"].isin(list(run_ids))]
     df = df.sort_values(["run_id", "epoch"], ignore_index=True)
     parts = [_parts(parse_json(v)) for v in df["lrs"]]
-    for i, col in enumerate(PART_COLUMNS["lrs"]):
+    for i, col in enumerate(LR_COLUMNS):
         df[col] = [p[i] for p in parts]
     return df
+
+
+def has_table(url: str, table: str) -> bool:
+    with connect(url) as conn:
+        return sa.inspect(conn).has_table(table)
+
+
+def read_table(url: str, table: str, study: str | None = None) -> pd.DataFrame:
+    """A whole nbtl table (of one study), as pandas; empty if the table does not exist (a
+    database written before the table was introduced)."""
+    with connect(url) as conn:
+        if not sa.inspect(conn).has_table(table):
+            return pd.DataFrame()
+        return _read(conn, f"SELECT * FROM {table}", study)
+
+
+def predictions(url: str, run_ids: Iterable[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """run id -> (test softmax, labels) of final runs, from the `nbtl_predictions` table; runs
+    without stored predictions are left out."""
+    ids = [int(i) for i in run_ids]
+    if not ids:
+        return {}
+    with connect(url) as conn:
+        if not sa.inspect(conn).has_table(PREDICTIONS):
+            return {}
+        query = sa.text(f"SELECT run_id, npz FROM {PREDICTIONS} WHERE run_id IN :ids")
+        query = query.bindparams(sa.bindparam("ids", expanding=True))
+        rows = conn.execute(query, {"ids": ids}).all()
+    out = {}
+    for run_id, blob in rows:
+        with np.load(io.BytesIO(bytes(blob)), allow_pickle=False) as npz:
+            out[int(run_id)] = (npz["probs"].astype(np.float64), npz["labels"])
+    return out
 
 
 def _read(conn: sa.Connection, sql: str, study: str | None, prefix: str = "") -> pd.DataFrame:
@@ -175,10 +223,14 @@ def _flatten(df: pd.DataFrame) -> pd.DataFrame:
         configs.append(cfg)
     for key in ("new_layers", "num_low"):
         df[key] = pd.array([c.get(key) for c in configs], dtype="Int64")
-    for key, cols in PART_COLUMNS.items():
-        parts = [_parts(c.get(key)) for c in configs]
-        for i, col in enumerate(cols):
-            df[col] = [p[i] for p in parts]
+    lrs = [_parts(c.get("lrs")) for c in configs]
+    sp = [_parts(c.get("l2sp_rates", 0.0)) for c in configs]
+    l2 = [_parts(c.get("l2_rates", 0.0)) for c in configs]  # absent from older configs: 0
+    for i, col in enumerate(LR_COLUMNS):
+        df[col] = [p[i] for p in lrs]
+    df["l2sp_upper"], df["l2sp_lower"] = [p[1] for p in sp], [p[2] for p in sp]
+    df["l2_new"] = [a[0] + b[0] for a, b in zip(sp, l2)]
+    df["l2_upper"], df["l2_lower"] = [p[1] for p in l2], [p[2] for p in l2]
     keys = sorted({k for c in configs for k in c})
     extra = pd.DataFrame({f"cfg_{k}": [_cell(c.get(k)) for c in configs] for k in keys},
                          index=df.index)

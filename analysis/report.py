@@ -17,7 +17,7 @@ from analysis.load import AnalysisError
 
 
 def summary_markdown(url: str, study: str) -> str:
-    """Optimal vs best default as a Markdown table plus the verdict against the seed spread."""
+    """Optimal vs best default as a Markdown table, the verdict with its intervals, and notes."""
     row = compare(url, study).iloc[0]
     lines = [f"**{study}** ({row['dataset']}, {row['model']}): optimal vs best default", "",
              "| | best default | optimal |", "|---|---|---|"]
@@ -25,6 +25,8 @@ def summary_markdown(url: str, study: str) -> str:
     lines += ["", verdict(row)]
     if row["differences"]:
         lines += ["", f"Settings that differ: {row['differences']}"]
+    if row["notes"]:
+        lines += ["", f"Not a proven best: {row['notes']} (widen the grid or the range)."]
     if row["ensemble_size"]:
         lines += ["", f"Ensemble of {row['ensemble_size']} final models (averaged softmax): "
                       f"{row['ensemble_test_top1']:.2f}% test top-1"]
@@ -32,42 +34,45 @@ def summary_markdown(url: str, study: str) -> str:
 
 
 def verdict(row: pd.Series) -> str:
-    """One sentence: does the optimum beat the default by more than the seed spread?
-
-    The spread is sd_default + sd_optimal (sample sds over the final runs' seeds); the gain is
-    called real only when |mean_optimal - mean_default| exceeds it, with >= 2 seeds a side.
-    """
-    diff, n_def, n_opt = row["difference"], row["default_n_seeds"], row["optimal_n_seeds"]
+    """The verdict in plain words; it follows from the 95% intervals of `compare` (a gain or a
+    loss only when every interval that could be computed excludes 0)."""
+    diff = row["difference"]
     if math.isnan(diff):
-        return (f"No final test runs for both configs yet: only the validation difference is "
-                f"known ({row['val_difference']:+.2f} points, measured on the split used for "
-                "selection, so optimistic).")
-    head = f"Difference of test means (optimal - default): {diff:+.2f} points"
-    if pd.isna(row["exceeds_spread"]):
-        return (f"{head} over {n_opt} / {n_def} seeds: too few seeds to compare with the seed "
-                "spread (needs >= 2 per side).")
-    if row["exceeds_spread"]:
-        side = "gain" if diff > 0 else "loss"
-        return (f"{head}; this {side} exceeds the seed spread (sd_default + sd_optimal = "
-                f"{row['spread']:.2f}).")
-    return (f"{head}; within the seed spread (sd_default + sd_optimal = {row['spread']:.2f}): "
-            "no clear difference.")
+        return (f"Not tested yet: only the validation difference is known "
+                f"({row['val_difference']:+.2f} points on the split used for selection, so "
+                "optimistic). Run `nbtl-search final` for the test numbers.")
+    intervals = []
+    if not math.isnan(row["ci_low"]):
+        intervals.append(f"{row['ci_low']:+.2f} to {row['ci_high']:+.2f} over seeds")
+    if not math.isnan(row["bootstrap_low"]):
+        intervals.append(f"{row['bootstrap_low']:+.2f} to {row['bootstrap_high']:+.2f} over the "
+                         f"{row['test_images']} test images")
+    ci = f" (95% CI {'; '.join(intervals)})" if intervals else \
+        " (no interval: needs 2 or more seeds a side, or stored test predictions)"
+    head = f"Optimal minus default: {diff:+.2f} test top-1 points{ci}."
+    if row["verdict"] == "gain":
+        return f"{head} The optimum is better: every interval lies above 0."
+    if row["verdict"] == "loss":
+        return f"{head} The optimum is worse: every interval lies below 0."
+    return f"{head} No clear difference: an interval includes 0."
 
 
 def write_report(url: str, study: str, out_path: str | Path,
                  reference: dict[str, float] | None = None) -> Path:
     """Write ONE self-contained HTML file (plotly.js inlined once, works offline); return its path.
 
-    The comparison and the ladder are required (their AnalysisError propagates); any other figure
-    that cannot be drawn is replaced by a visible note saying why.
+    The comparison is required (its AnalysisError propagates); the ladder or any figure that
+    cannot be drawn yet is replaced by a visible note saying why.
     """
     row = compare(url, study).iloc[0]
-    lad = ladder(url, study, reference)
-    sections = [
-        ("Optimal vs best default", _summary_html(row)),
-        ("Ladder", _figure_html(figures.ladder_figure(lad, f"{study}: the ladder"))
-         + lad.to_html(index=False, na_rep="—", float_format=lambda v: f"{v:.2f}")),
-    ]
+    sections = [("Optimal vs best default", _summary_html(row))]
+    try:
+        lad = ladder(url, study, reference)
+        sections.append(("Ladder", _figure_html(figures.ladder_figure(lad, f"{study}: the ladder"))
+                         + lad.drop(columns="config_hash").to_html(
+                             index=False, na_rep="—", float_format=lambda v: f"{v:.2f}")))
+    except AnalysisError as e:
+        sections.append(("Ladder", f'<p class="note">Not drawn: {html.escape(str(e))}</p>'))
     others: list[tuple[str, Callable[[], go.Figure]]] = [
         ("Search history", lambda: figures.history_figure(url, study)),
         ("Parameter importances", lambda: figures.importance_figure(url, study)),
@@ -95,9 +100,14 @@ def _table_rows(row: pd.Series) -> list[tuple[str, str, str]]:
         spread = "" if math.isnan(sd) else f" ± {sd:.2f}"
         return f"{row[f'{side}_test_mean']:.2f}{spread} (n={n})"
 
+    def val_mean(side: str) -> str:
+        return f"{row[f'{side}_val_mean']:.2f} (n={row[f'{side}_val_n']})"
+
     return [
-        ("run id", f"#{row['default_run_id']}", f"#{row['optimal_run_id']}"),
-        ("validation top-1 %", f"{row['default_val_top1']:.2f}", f"{row['optimal_val_top1']:.2f}"),
+        ("run id of the selected trial", f"#{row['default_run_id']}", f"#{row['optimal_run_id']}"),
+        ("validation top-1 %, that trial", f"{row['default_val_top1']:.2f}",
+         f"{row['optimal_val_top1']:.2f}"),
+        ("validation top-1 %, mean with its re-runs", val_mean("default"), val_mean("optimal")),
         ("test top-1 %, mean ± sd over seeds", test("default"), test("optimal")),
     ]
 
@@ -109,6 +119,9 @@ def _summary_html(row: pd.Series) -> str:
              f"<p><b>{html.escape(verdict(row))}</b></p>"]
     if row["differences"]:
         parts.append(f"<p>Settings that differ: {html.escape(row['differences'])}</p>")
+    if row["notes"]:
+        parts.append(f'<p class="note">Not a proven best: {html.escape(row["notes"])} '
+                     "(widen the grid or the range).</p>")
     if row["ensemble_size"]:
         parts.append(f"<p>Ensemble of {row['ensemble_size']} final models (averaged softmax): "
                      f"{row['ensemble_test_top1']:.2f}% test top-1</p>")

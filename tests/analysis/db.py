@@ -1,15 +1,17 @@
 """A hand-made nbtl database with known values, for the analysis tests (and anyone reusing it).
 
 `build(folder)` writes `folder/nbtl.db` holding study `STUDY` (plus a distractor study `OTHER`):
-nbtl's two tables with the orchestrator's exact column names, per-epoch rows, final runs with
-`.npz` test predictions, and two small Optuna studies (`STUDY`, `STUDY.default`).
-`variant()` copies it with some SQL applied. `EXPECTED` lists the numbers `analysis.compare` and
-`analysis.ladder` must find.
+nbtl's tables with the orchestrator's exact column names (`test_schema.py` checks them against the
+real ones), per-epoch rows, re-ranking runs, a ladder, final runs with their test predictions in
+`nbtl_predictions`, and two small Optuna studies (`STUDY`, `STUDY.default`). `variant()` copies it
+with some SQL applied. `EXPECTED` lists the numbers `analysis.compare` and `analysis.ladder` must
+find, worked out by hand in the comments.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 import sqlite3
@@ -27,30 +29,30 @@ metadata = sa.MetaData()
 runs_table = sa.Table(
     "nbtl_runs", metadata,
     sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("study", sa.String(200), nullable=False),
-    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("study", sa.String, nullable=False),
+    sa.Column("role", sa.String, nullable=False),
     sa.Column("trial_number", sa.Integer),
-    sa.Column("dataset", sa.String(100)),
-    sa.Column("model", sa.String(100)),
-    sa.Column("config", sa.Text),
-    sa.Column("config_hash", sa.String(64)),
-    sa.Column("seed", sa.Integer),
-    sa.Column("state", sa.String(16)),
+    sa.Column("dataset", sa.String, nullable=False),
+    sa.Column("model", sa.String, nullable=False),
+    sa.Column("config", sa.Text, nullable=False),
+    sa.Column("config_hash", sa.String, nullable=False),
+    sa.Column("seed", sa.Integer, nullable=False),
+    sa.Column("state", sa.String, nullable=False),
     sa.Column("val_top1", sa.Float),
     sa.Column("best_epoch", sa.Integer),
-    sa.Column("epochs_run", sa.Integer),
+    sa.Column("epochs_run", sa.Integer, nullable=False),
     sa.Column("test_top1", sa.Float),
     sa.Column("test_top5", sa.Float),
     sa.Column("wall_s", sa.Float),
     sa.Column("images_per_s", sa.Float),
-    sa.Column("device", sa.String(50)),
-    sa.Column("host", sa.String(100)),
+    sa.Column("device", sa.String, nullable=False),
+    sa.Column("host", sa.String, nullable=False),
     sa.Column("error", sa.Text),
-    sa.Column("started_at", sa.DateTime),
+    sa.Column("started_at", sa.DateTime, nullable=False),
     sa.Column("finished_at", sa.DateTime),
     sa.Column("source_run_id", sa.Integer),
-    sa.Column("final_of", sa.String(16)),
-    sa.Column("predictions_path", sa.Text),
+    sa.Column("final_of", sa.String),
+    sa.Column("predictions_path", sa.String),
 )
 epochs_table = sa.Table(
     "nbtl_epochs", metadata,
@@ -61,9 +63,32 @@ epochs_table = sa.Table(
     sa.Column("val_loss", sa.Float),
     sa.Column("val_top1", sa.Float),
     sa.Column("val_top5", sa.Float),
-    sa.Column("lrs", sa.Text),
+    sa.Column("lrs", sa.Text, nullable=False),
     sa.Column("penalty", sa.Float),
     sa.Column("seconds", sa.Float),
+)
+ladder_table = sa.Table(
+    "nbtl_ladder", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("study", sa.String, nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("rung", sa.String, nullable=False),
+    sa.Column("adds", sa.Text, nullable=False),
+    sa.Column("config", sa.Text, nullable=False),
+    sa.Column("config_hash", sa.String, nullable=False),
+    sa.Column("source_run_id", sa.Integer),
+    sa.Column("val_top1", sa.Float),
+    sa.Column("val_mean", sa.Float),
+    sa.Column("val_n", sa.Integer),
+    sa.Column("notes", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+predictions_table = sa.Table(
+    "nbtl_predictions", metadata,
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("nbtl_runs.id"), primary_key=True),
+    sa.Column("n_images", sa.Integer, nullable=False),
+    sa.Column("n_classes", sa.Integer, nullable=False),
+    sa.Column("npz", sa.LargeBinary, nullable=False),
 )
 
 # (id, role, trial_number, new_layers, lrs, l2sp_rates, state, val_top1)
@@ -73,47 +98,65 @@ SEARCH_AND_DEFAULT = [
     (3, "default", 2, 1, [0.3], [0.0], "failed", None),
     (4, "search", 0, 3, [0.1], [0.0], "complete", 80.0),
     (5, "search", 1, 1, [0.3, 0.1, 0.01], [0.0], "complete", 77.0),
-    (6, "search", 2, 2, [0.3, 0.1, 0.03], [0.0, 0.0, 0.0], "complete", 83.0),
+    (6, "search", 2, 2, [0.3, 0.1, 0.03], [0.0], "complete", 83.0),
     (7, "search", 3, 1, [0.1], [0.0, 0.1, 0.1], "complete", 76.0),
     (8, "search", 4, 1, [0.3, 0.1, 0.01], [0.0, 0.01, 0.1], "complete", 78.0),
     (9, "search", 5, 3, [0.3, 0.1, 0.03], [0.01, 0.1, 0.01], "complete", 85.0),
     (10, "search", 6, 2, [0.1], [0.0], "pruned", 90.0),  # pruned: never selected
-    (11, "search", 7, 2, [0.3, 0.1, 0.03], [0.01, 0.1, 0.01], "complete", 85.0),  # tie -> id 9
+    (11, "search", 7, 2, [0.3, 0.1, 0.03], [0.01, 0.1, 0.01], "complete", 85.0),  # = 9's config
     (12, "search", 8, 3, [0.1], [0.0], "running", None),
     (13, "search", 9, 1, [0.03], [0.05], "complete", 74.0),
 ]
-# final runs: (id, source_run_id, final_of, seed, state, test_top1, predictions file or None)
-FINALS = [
-    (20, 9, "search", 0, "complete", 84.0, "preds/run20.npz"),
-    (21, 9, "search", 1, "complete", 86.0, "preds/run21.npz"),
-    (22, 9, "search", 2, "complete", 85.0, "ABSOLUTE"),  # stored as an absolute path
-    (23, 9, "search", 3, "failed", None, None),
-    (24, 2, "default", 0, "complete", 74.0, "preds/run24.npz"),
-    (25, 2, "default", 1, "complete", 76.0, "preds/run25.npz"),
-    (26, 2, "default", 2, "complete", 78.0, "preds/run26.npz"),
+# Re-ranking runs (train -> val, more seeds): (id, source run, seed, val_top1).
+# Means: default run 2: (75 + 74 + 73) / 3 = 74; search run 9: (85 + 80 + 81) / 3 = 82,
+# search run 6: (83 + 84 + 85) / 3 = 84 -> the re-ranked optimum is run 6, not the single best 9.
+RERANK = [(30, 2, 1, 74.0), (31, 2, 2, 73.0), (32, 9, 1, 80.0), (33, 9, 2, 81.0),
+          (34, 6, 1, 84.0), (35, 6, 2, 85.0)]
+# The ladder `final` stored: rung -> (source run or None, new_layers, lrs, l2sp, adds).
+LADDER = [
+    ("default", 2, 1, [0.1], [0.0], ""),
+    ("+ layers", None, 2, [0.1], [0.0], "new_layers 1 -> 2"),
+    ("+ learning rates", None, 2, [0.3, 0.1, 0.03], [0.0], "lrs [0.1] -> [0.3, 0.1, 0.03]"),
+    ("+ regularisation", None, 2, [0.3, 0.1, 0.03], [0.0], ""),
+    ("optimal", 6, 2, [0.3, 0.1, 0.03], [0.0], ""),
 ]
-ENSEMBLE_ORDER = [20, 21, 22]  # search finals only, ranked by the source run's val_top1, then id
+LADDER_NOTES = {"default": ["lr 0.1 is the largest value the baseline tried"], "optimal": []}
+# Final runs (train+val -> test): (id, rung whose config they retrain, final_of, seed, state,
+# test_top1). Default 74/76/78: mean 76, sd 2; optimum 85/84/86: mean 85, sd 1.
+FINALS = [
+    (20, "optimal", "search", 0, "complete", 85.0),
+    (21, "optimal", "search", 1, "complete", 84.0),
+    (22, "optimal", "search", 2, "complete", 86.0),
+    (23, "optimal", "search", 3, "failed", None),
+    (24, "default", "default", 0, "complete", 74.0),
+    (25, "default", "default", 1, "complete", 76.0),
+    (26, "default", "default", 2, "complete", 78.0),
+    (27, "+ layers", "ladder", 0, "complete", 80.0),
+    (28, "+ layers", "ladder", 1, "complete", 81.0),
+    (29, "+ layers", "ladder", 2, "complete", 82.0),
+]
+ENSEMBLE = [20, 21, 22]  # the optimum's complete final runs
 N_TEST, N_CLASSES = 40, 4
+# Predictions: every model of the optimum is right on images 0..29, every default model on 0..19.
+# Paired per image: d_i = 1 for i in 20..29, else 0: the difference over the images is 25 points.
+RIGHT = {"search": 30, "default": 20, "ladder": 25}
 
 EXPECTED = {
-    "default_run_id": 2, "default_val_top1": 75.0,
-    "optimal_run_id": 9, "optimal_val_top1": 85.0,
+    "default_run_id": 2, "default_val_top1": 75.0, "default_val_mean": 74.0, "default_val_n": 3,
+    "optimal_run_id": 6, "optimal_val_top1": 83.0, "optimal_val_mean": 84.0, "optimal_val_n": 3,
     "default_test_mean": 76.0, "default_test_sd": 2.0, "default_n_seeds": 3,
     "optimal_test_mean": 85.0, "optimal_test_sd": 1.0, "optimal_n_seeds": 3,
-    "difference": 9.0, "spread": 3.0, "exceeds_spread": True, "val_difference": 10.0,
-    "differences": ("l2sp_rates: [0] -> [0.01, 0.1, 0.01]; lrs: [0.1] -> [0.3, 0.1, 0.03]; "
-                    "new_layers: 1 -> 3"),
-    # rung -> (val_top1, run_id, test_top1 or None, n_runs)
-    "ladder": {
-        "default": (75.0, 2, 76.0, 2),
-        "different layers": (80.0, 4, None, 3),
-        "different lrs": (77.0, 5, None, 3),
-        "different layers and lrs": (83.0, 6, None, 5),
-        "default L2SP": (76.0, 7, None, 2),
-        "best L2SP 1 layer": (78.0, 8, None, 3),
-        "best L2SP overall": (85.0, 9, 85.0, 5),
-        "optimal": (85.0, 9, 85.0, 10),
-    },
+    "difference": 9.0, "val_difference": 8.0, "test_images": N_TEST, "verdict": "gain",
+    "differences": "lrs: [0.1] -> [0.3, 0.1, 0.03]; new_layers: 1 -> 2",
+    "notes": "lr 0.1 is the largest value the baseline tried",
+}
+# rung -> (adds, test mean, test sd, n seeds)
+EXPECTED_LADDER = {
+    "default": ("", 76.0, 2.0, 3),
+    "+ layers": ("new_layers 1 -> 2", 81.0, 1.0, 3),
+    "+ learning rates": ("lrs [0.1] -> [0.3, 0.1, 0.03]", 85.0, 1.0, 3),
+    "+ regularisation": ("", 85.0, 1.0, 3),  # unchanged: shares the optimum's runs
+    "optimal": ("", 85.0, 1.0, 3),
 }
 
 
@@ -121,28 +164,41 @@ def config(new_layers: int, lrs: list[float], l2sp: list[float], seed: int = 0,
            train_split: str = "train") -> dict:
     return {
         "dataset": "digits", "model": "test_resnet", "new_layers": new_layers, "num_low": 1,
-        "lrs": lrs, "l2sp_rates": l2sp, "weight_decay": 0.0005, "mixup": 0.0, "cutmix": 0.0,
-        "aa": None, "reprob": 0.0, "smoothing": 0.0, "epochs": 3, "batch_size": 32,
+        "lrs": lrs, "l2sp_rates": l2sp, "l2_rates": [0.0], "weight_decay": 0.0005, "mixup": 0.0,
+        "cutmix": 0.0, "aa": None, "reprob": 0.0, "smoothing": 0.0, "epochs": 3, "batch_size": 32,
         "seed": seed, "train_split": train_split, "extra": {},
     }
 
 
-def _hash(cfg: dict) -> str:
-    text = json.dumps({k: v for k, v in cfg.items() if k != "seed"}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def config_hash(cfg: dict) -> str:
+    """What the orchestrator's hash ignores here: the seed and the split."""
+    kept = {k: v for k, v in cfg.items() if k not in ("seed", "train_split")}
+    lists = {k: [float(x) for x in v] if isinstance(v, list) else v for k, v in kept.items()}
+    return hashlib.sha256(json.dumps(lists, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def predictions(run_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic softmax outputs of final run `run_id` on the shared test set."""
-    labels = np.random.default_rng(0).integers(0, N_CLASSES, N_TEST).astype(np.int64)
+def labels() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, N_CLASSES, N_TEST).astype(np.int64)
+
+
+def predictions(run_id: int, right: int) -> np.ndarray:
+    """A softmax that is right on images 0..right-1 and wrong on the rest (random otherwise)."""
+    y = labels()
     logits = np.random.default_rng(run_id).normal(size=(N_TEST, N_CLASSES))
-    logits[np.arange(N_TEST), labels] += 1.0  # better than chance, not perfect
-    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    return probs.astype(np.float32), labels
+    wrong = (y + 1) % N_CLASSES
+    target = np.where(np.arange(N_TEST) < right, y, wrong)
+    logits[np.arange(N_TEST), target] += 10.0
+    return (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def npz(probs: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, probs=probs.astype(np.float16), labels=labels())
+    return buffer.getvalue()
 
 
 def build(folder: Path) -> str:
-    """Write the database (and predictions) under `folder`; return its SQLite URL."""
+    """Write the database under `folder`; return its SQLite URL."""
     folder.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{folder / 'nbtl.db'}"
     _optuna_studies(url)
@@ -159,30 +215,49 @@ def build(folder: Path) -> str:
                 "run_id": rid, "epoch": epoch, "train_loss": 2.0 - epoch / 2, "val_loss": 1.5,
                 "val_top1": val - 10.0 * (2 - epoch), "val_top5": 99.0,
                 "lrs": json.dumps([lrs[0], lrs[-1], lrs[-1]]), "penalty": 0.0, "seconds": 1.5})
-    for rid, source, final_of, seed, state, test, pred in FINALS:
-        src = next(r for r in SEARCH_AND_DEFAULT if r[0] == source)
-        cfg = config(src[3], src[4], src[5], seed=seed, train_split="trainval")
+    for rid, source, seed, val in RERANK:
+        cfg = dict(by_id[source], seed=seed)
+        rows.append(_run(rid, STUDY, "rerank", None, cfg, "complete", val, t0)
+                    | {"source_run_id": source})
+    rung_configs, ladder_rows = {}, []
+    for position, (rung, source, nl, lrs, l2sp, adds) in enumerate(LADDER):
+        cfg = config(nl, lrs, l2sp)
+        rung_configs[rung] = cfg
+        stats = {2: (75.0, 74.0, 3), 6: (83.0, 84.0, 3)}.get(source, (None, None, None))
+        ladder_rows.append({
+            "study": STUDY, "position": position, "rung": rung, "adds": adds,
+            "config": json.dumps(cfg), "config_hash": config_hash(cfg), "source_run_id": source,
+            "val_top1": stats[0], "val_mean": stats[1], "val_n": stats[2],
+            "notes": json.dumps(LADDER_NOTES.get(rung, [])), "created_at": t0})
+    prediction_rows = []
+    for rid, rung, final_of, seed, state, test in FINALS:
+        cfg = dict(rung_configs[rung], seed=seed, train_split="trainval")
         row = _run(rid, STUDY, "final", None, cfg, state, None, t0)
-        path = None
-        if pred is not None:
-            file = folder / (f"abs/run{rid}.npz" if pred == "ABSOLUTE" else pred)
-            file.parent.mkdir(parents=True, exist_ok=True)
-            probs, labels = predictions(rid)
-            np.savez(file, probs=probs, labels=labels)
-            path = str(file) if pred == "ABSOLUTE" else pred
-        row |= {"source_run_id": source, "final_of": final_of, "predictions_path": path,
-                "test_top1": test, "test_top5": None if test is None else 99.0, "seed": seed}
+        row |= {"final_of": final_of, "test_top1": test, "seed": seed,
+                "test_top5": None if test is None else 99.0,
+                "source_run_id": dict((r, s) for r, s, *_ in LADDER)[rung]}
         rows.append(row)
+        if state == "complete":
+            prediction_rows.append({"run_id": rid, "n_images": N_TEST, "n_classes": N_CLASSES,
+                                    "npz": npz(predictions(rid, RIGHT[final_of]))})
     rows.append(_run(100, OTHER, "search", 0, config(2, [0.1], [0.0]), "complete", 99.0, t0))
     with engine.begin() as conn:
         conn.execute(runs_table.insert(), rows)
         conn.execute(epochs_table.insert(), epoch_rows)
+        conn.execute(ladder_table.insert(), ladder_rows)
+        conn.execute(predictions_table.insert(), prediction_rows)
     engine.dispose()
     return url
 
 
+def stored_predictions(run_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """What the database holds for a final run (float16, as the orchestrator stores it)."""
+    final_of = next(f for r, _, f, *_ in FINALS if r == run_id)
+    return predictions(run_id, RIGHT[final_of]).astype(np.float16).astype(np.float64), labels()
+
+
 def variant(built: Path, dest: Path, *sql: str) -> str:
-    """A copy of the database built in `built` (predictions included) with `sql` applied."""
+    """A copy of the database built in `built` with `sql` applied."""
     shutil.copytree(built, dest)
     with sqlite3.connect(dest / "nbtl.db") as conn:
         for statement in sql:
@@ -194,7 +269,7 @@ def _run(rid: int, study: str, role: str, trial: int | None, cfg: dict, state: s
          val: float | None, t0: datetime) -> dict:
     return {
         "id": rid, "study": study, "role": role, "trial_number": trial, "dataset": "digits",
-        "model": "test_resnet", "config": json.dumps(cfg), "config_hash": _hash(cfg),
+        "model": "test_resnet", "config": json.dumps(cfg), "config_hash": config_hash(cfg),
         "seed": cfg["seed"], "state": state, "val_top1": val,
         "best_epoch": None if val is None else 2, "epochs_run": 3, "test_top1": None,
         "test_top5": None, "wall_s": 5.0, "images_per_s": 100.0, "device": "cpu",

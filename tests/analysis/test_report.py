@@ -29,8 +29,9 @@ def test_report_is_one_offline_file_with_every_figure(url: str, tmp_path: Path) 
     assert "Not drawn" not in text
     assert not re.search(r"<script[^>]*\bsrc=", text)  # nothing fetched: opens offline
     assert text.count(plotly.offline.get_plotlyjs()[:200]) == 1  # plotly.js inlined once
-    assert "exceeds the seed spread" in text and "state of the art" in text
-    assert "new_layers: 1 -&gt; 3" in text  # the differing settings, escaped
+    assert "The optimum is better: every interval lies above 0." in text
+    assert "state of the art" in text and "Not a proven best: lr 0.1 is the largest" in text
+    assert "new_layers: 1 -&gt; 2" in text  # the differing settings, escaped
 
 
 def test_report_notes_a_figure_it_cannot_draw(built: Path, tmp_path: Path) -> None:
@@ -40,8 +41,17 @@ def test_report_notes_a_figure_it_cannot_draw(built: Path, tmp_path: Path) -> No
     assert "Not drawn: study &#x27;demo&#x27; has no per-epoch rows" in text
 
 
+def test_report_before_final_notes_the_missing_ladder(built: Path, tmp_path: Path) -> None:
+    url = variant(built, tmp_path / "v", "DELETE FROM nbtl_ladder",
+                  "DELETE FROM nbtl_runs WHERE role = 'final'")
+    text = analysis.write_report(url, db.STUDY, tmp_path / "r.html").read_text()
+    assert "Not drawn: study &#x27;demo&#x27; has no ladder yet" in text
+    assert text.count('class="plotly-graph-div"') == 4  # every other figure is there
+
+
 def test_report_needs_a_baseline(built: Path, tmp_path: Path) -> None:
-    url = variant(built, tmp_path / "v", "DELETE FROM nbtl_runs WHERE role = 'default'")
+    url = variant(built, tmp_path / "v", "DELETE FROM nbtl_runs WHERE role = 'default'",
+                  "DELETE FROM nbtl_ladder")
     with pytest.raises(AnalysisError, match="nbtl-search baseline"):
         analysis.write_report(url, db.STUDY, tmp_path / "r.html")
     assert not (tmp_path / "r.html").exists()
@@ -50,14 +60,20 @@ def test_report_needs_a_baseline(built: Path, tmp_path: Path) -> None:
 def test_summary_markdown(url: str) -> None:
     md = analysis.summary_markdown(url, db.STUDY)
     assert "| test top-1 %, mean ± sd over seeds | 76.00 ± 2.00 (n=3) | 85.00 ± 1.00 (n=3) |" in md
-    assert "+9.00 points; this gain exceeds the seed spread" in md
+    # the winner's curse, side by side: one trial's value and the re-ranked mean
+    assert "| validation top-1 %, that trial | 75.00 | 83.00 |" in md
+    assert "| validation top-1 %, mean with its re-runs | 74.00 (n=3) | 84.00 (n=3) |" in md
+    assert "Optimal minus default: +9.00 test top-1 points (95% CI +4." in md
+    assert "over the 40 test images). The optimum is better" in md
     assert "lrs: [0.1] -> [0.3, 0.1, 0.03]" in md
 
 
 def test_figures_hold_the_data(url: str) -> None:
     lad = analysis.ladder(url, db.STUDY, reference={"sota": 90.0})
     fig = figures.ladder_figure(lad, "t")
-    assert list(fig.data[0].x) == list(analysis.RUNGS)
+    assert [x.split(" (")[0] for x in fig.data[0].x] == [r for r, *_ in db.LADDER] + ["ensemble"]
+    assert list(fig.data[0].y[:5]) == [76.0, 81.0, 85.0, 85.0, 85.0]  # test means per rung
+    assert list(fig.data[0].error_y.array[:2]) == [2.0, 1.0]  # their sd over seeds
     assert fig.layout.shapes[0].y0 == 90.0  # the reference line
     hist = figures.history_figure(url, db.STUDY)
     best = next(t for t in hist.data if t.name == "best so far")
@@ -77,8 +93,9 @@ def test_importance_figure_says_why_it_has_none(url: str) -> None:
 
 
 def test_empty_inputs_raise(url: str) -> None:
-    with pytest.raises(AnalysisError, match="ladder is empty"):
-        figures.ladder_figure(pd.DataFrame(columns=["rung", "val_top1", "test_top1"]), "t")
+    with pytest.raises(AnalysisError, match="no test results yet"):
+        figures.ladder_figure(pd.DataFrame(columns=["rung", "adds", "test_mean", "test_sd",
+                                                    "n_seeds"]), "t")
     with pytest.raises(AnalysisError, match="no per-epoch rows"):
         figures.curves_figure(url, db.OTHER)
 
@@ -91,5 +108,5 @@ def test_notebook_executes(url: str) -> None:
                    resources={"metadata": {"path": str(REPO)}}).execute()
     text = "\n".join(str(o.get("data", {}).get("text/plain", "")) + o.get("text", "")
                      for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert "best L2SP overall" in text and "exceeds the seed spread" in text
+    assert "+ learning rates" in text and "The optimum is better" in text
     assert not any(o.output_type == "error" for c in nb.cells for o in c.get("outputs", []))
