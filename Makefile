@@ -1,16 +1,17 @@
-# `make demo` and `make test` each create .venv on first use (torch from the pinned wheels).
+# `make demo` and `make test` each create .venv on first use: torch from the pinned wheels, every
+# other package at the tested versions of .ci/constraints.txt (`make constraints` rewrites it).
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean constraints
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml .ci/constraints.txt
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c .ci/constraints.txt --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c .ci/constraints.txt -e '.[test]'
 	touch $@
 
 demo: $(VENV)/.installed
@@ -21,6 +22,11 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/cpu.py
+
+constraints: $(VENV)/.installed
+	{ sed -n '1,3p' .ci/constraints.txt; $(PY) -m pip freeze --all --exclude-editable | \
+	  grep -viE '^(torch|torchvision|triton|nvidia-|cuda-|setuptools|wheel)(=|-)'; } > .ci/constraints.tmp
+	mv .ci/constraints.tmp .ci/constraints.txt
 
 clean:
 	rm -rf $(VENV) nbtl.db nbtl-logs nbtl-final report.html

@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--threads", type=COUNT, help="torch CPU threads")
     w.add_argument("--role", choices=["search", "default"], default="search")
     w.add_argument("--index", type=INDEX, help="worker number: offsets the sampler seed (default: pid)")
+    _cache_arg(w)
 
     f = verb("final", "re-rank on validation, then retrain the ladder from the best default to the "
                       "optimum on train+val and test it")
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "(default final.rerank_seeds)")
     f.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     f.add_argument("--jobs", type=COUNT, default=1, help="runs trained at once, each in its own process")
+    _cache_arg(f)
 
     verb("status", "trials, grid coverage, the best so far and whether it sits on an edge")
     verb("best", "print the best config as a study file with fixed values, ready to rerun")
@@ -108,6 +110,12 @@ def _slot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-gpu", type=COUNT, default=1, help="trials sharing each GPU (default 1)")
     p.add_argument("--workers", type=COUNT, help="CPU workers (with --device cpu)")
     p.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda if available")
+    _cache_arg(p)
+
+
+def _cache_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-image-cache", dest="image_cache", action="store_false",
+                   help="decode image files in every epoch instead of once per machine")
 
 
 def main(argv: list[str] | None = None) -> int:

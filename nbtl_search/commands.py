@@ -57,7 +57,8 @@ def _launch(args: argparse.Namespace, role: Role) -> int:
     slots = slots_from_args(args)  # bad --gpus fails here, before anything is written
     preflight(spec)
     crashed = launch(spec, url, role, slots, budget=getattr(args, "trials", None),
-                     timeout=getattr(args, "timeout", None), console=console)
+                     timeout=getattr(args, "timeout", None), image_cache=args.image_cache,
+                     console=console)
     _write_note(url, spec)
     if crashed:
         print(f"error: worker(s) {', '.join(crashed)} stopped early (crashes, or trials that keep "
@@ -85,7 +86,8 @@ def worker(args: argparse.Namespace) -> int:
     device = str(resolve_device(args.device or ("cuda" if args.gpu is not None else _default_device())))
     preflight(spec)  # this host's data and model, before joining the study
     opts = WorkerOptions(device=device, trials=args.trials, budget=args.budget,
-                         timeout=args.timeout, threads=args.threads, index=args.index)
+                         timeout=args.timeout, threads=args.threads, index=args.index,
+                         image_cache=None if args.image_cache else False)
     return run_worker(spec, url, ROLES[args.role], opts)
 
 
@@ -98,7 +100,7 @@ def final(args: argparse.Namespace) -> int:
         seeds=_given(args.seeds, knobs.seeds), top_k=_given(args.top_k, knobs.top_k),
         rerank_top_k=_given(args.rerank_top_k, knobs.rerank_top_k),
         rerank_seeds=_given(args.rerank_seeds, knobs.rerank_seeds),
-        device=args.device or _default_device(), jobs=args.jobs)
+        device=args.device or _default_device(), jobs=args.jobs, image_cache=args.image_cache)
     run_final(spec, url, opts, console)
     _write_note(url, spec)
     import analysis

@@ -44,6 +44,7 @@ class FinalOptions:
     rerank_seeds: int
     device: str = "cpu"
     jobs: int = 1
+    image_cache: bool = True  # False: decode image files every epoch, whatever the study says
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def _rerank_jobs(spec: StudySpec, store: ResultStore, opts: FinalOptions) -> lis
             for seed in selection.rerank_seeds(run["config"], opts.rerank_seeds):
                 if (run["config_hash"], seed) in done:
                     continue
-                cfg = _config(run["config"], seed=seed, device=opts.device)
+                cfg = _config(run["config"], opts, seed=seed)
                 run_id = store.start_run(study=spec.name, role="rerank", config=cfg.to_dict(),
                                          seed=seed, device=opts.device, source_run_id=run["id"])
                 jobs.append(_Job(run_id, f"re-rank {role.name} run {run['id']}, seed {seed}", cfg,
@@ -134,17 +135,18 @@ def _final_jobs(spec: StudySpec, store: ResultStore, opts: FinalOptions, rungs: 
             if key in done or key in queued:  # an unchanged rung reuses the previous one's runs
                 continue
             queued.add(key)
-            cfg = _config(config, seed=seed, device=opts.device, train_split="trainval",
-                          eval_test=True, save_test_predictions=True)
+            cfg = _config(config, opts, seed=seed, train_split="trainval", eval_test=True,
+                          save_test_predictions=True)
             run_id = store.start_run(study=spec.name, role="final", config=cfg.to_dict(), seed=seed,
                                      device=opts.device, source_run_id=source, final_of=kind)
             jobs.append(_Job(run_id, f"{label}, seed {seed}", cfg, test=True))
     return jobs
 
 
-def _config(config: dict[str, Any], **changes: Any) -> TrainConfig:
-    return TrainConfig.from_dict(config).replace(checkpoint=False, output=None, resume=None,
-                                                 **changes)
+def _config(config: dict[str, Any], opts: FinalOptions, **changes: Any) -> TrainConfig:
+    cfg = TrainConfig.from_dict(config).replace(checkpoint=False, output=None, resume=None,
+                                                device=opts.device, **changes)
+    return cfg if opts.image_cache else cfg.replace(image_cache=False)
 
 
 def _ladder(spec: StudySpec, url: str, runs: list[dict], chosen: dict[str, list]) -> list[dict]:

@@ -77,7 +77,8 @@ def log_dir(spec: StudySpec, role: Role) -> Path:
 
 
 def launch(spec: StudySpec, url: str, role: Role, slots: list[Slot], *, budget: int | None = None,
-           timeout: float | None = None, console: Console | None = None) -> list[str]:
+           timeout: float | None = None, image_cache: bool = True,
+           console: Console | None = None) -> list[str]:
     """Run the study to its end with `slots` worker processes; returns the names of workers that
     stopped early for good (crashed past their restarts, or gave up on failing trials)."""
     console = console or Console(soft_wrap=True)
@@ -96,7 +97,8 @@ def launch(spec: StudySpec, url: str, role: Role, slots: list[Slot], *, budget: 
     crashed: list[str] = []
 
     def start(name: str) -> None:
-        procs[name] = _start(spec, url, role, by_name[name], index[name], budget, timeout, logs)
+        procs[name] = _start(spec, url, role, by_name[name], index[name], budget, timeout,
+                             image_cache, logs)
 
     try:
         with _stop_on_signals():
@@ -177,7 +179,7 @@ def _recover_trials(study: optuna.Study, url: str, pid: int, code: int | None) -
 
 
 def _start(spec: StudySpec, url: str, role: Role, slot: Slot, index: int, budget: int | None,
-           timeout: float | None, logs: Path) -> subprocess.Popen:
+           timeout: float | None, image_cache: bool, logs: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "nbtl_search", "worker", str(spec.path), "--device", slot.device,
            "--role", role.name, "--index", str(index)]
     if budget:
@@ -186,6 +188,8 @@ def _start(spec: StudySpec, url: str, role: Role, slot: Slot, index: int, budget
         cmd += ["--timeout", str(timeout)]
     if slot.threads:
         cmd += ["--threads", str(slot.threads)]
+    if not image_cache:
+        cmd += ["--no-image-cache"]
     env = {**os.environ, **slot.env, STORAGE_ENV: url, PARENT_ENV: str(os.getpid())}
     with open(logs / f"{slot.name}.log", "ab") as log:  # the child keeps its own copy
         return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -80,6 +80,7 @@ class Objective:
     role: Role
     store: ResultStore
     device: str = "cpu"
+    image_cache: bool | None = None  # None: the study's setting (TrainConfig.image_cache)
     worker: str = ""  # host:pid, shown by `run` and the dashboard
     fit: FitFn | None = None  # injectable for orchestration tests; default trainer.fit
     on_start: Callable[[], None] | None = None  # called first (the worker releases its lock)
@@ -95,6 +96,8 @@ class Objective:
         try:
             params = suggest(trial, self.role.distributions(self.spec))
             config = self.role.config(self.spec, params).replace(device=self.device)
+            if self.image_cache is not None:
+                config = config.replace(image_cache=self.image_cache)
             run_id = self.store.start_run(study=self.spec.name, role=self.role.name,
                                           config=config.to_dict(), seed=config.seed,
                                           device=config.device, trial_number=trial.number)

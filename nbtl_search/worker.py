@@ -68,6 +68,7 @@ class WorkerOptions:
     timeout: float | None = None  # seconds; no new trial starts after it
     threads: int | None = None  # torch CPU threads for this process
     index: int | None = None  # offsets the sampler seed so workers draw different trials
+    image_cache: bool | None = None  # False: decode image files every epoch (None: the study's)
     heartbeat_interval: int = HEARTBEAT_INTERVAL_S  # a trial silent for grace_period is lost
     grace_period: int = GRACE_PERIOD_S
 
@@ -89,7 +90,7 @@ def run_worker(spec: StudySpec, url: str, role: Role, opts: WorkerOptions,
     lock = StudyLock(url, study.study_name)
     # The lock is held from the decision until Optuna has handed this worker its trial (`ask`
     # inside `optimize`), i.e. until the objective starts: no two workers pop the same trial.
-    objective = Objective(spec, role, store, device=opts.device,
+    objective = Objective(spec, role, store, device=opts.device, image_cache=opts.image_cache,
                           worker=f"{socket.gethostname()}:{os.getpid()}", fit=fit,
                           on_start=lock.release)
     timeout = opts.timeout or spec.budget.timeout

@@ -17,7 +17,7 @@ where the flags differ from the original (timm 0.4 train.py fork) code:
   --L2SP_rates  is honoured: 1 rate for every part or 3 (new, upper, lower); the new part's rate
                 pulls towards zero (L2), the others towards the pre-trained weights (L2-SP). --L2SP
                 is accepted for the seed's scripts; the rates alone decide (0 = off).
-  --lr, --num-lowlrs, --new-layers  define the parts new / upper / lower as in DESIGN.md, for any
+  --lr, --num-lowlrs, --new-layers  define the parts new / upper / lower (docs/design.md), for any
                 timm model (layers from timm's group_matcher; Inception-v4: classifier + 22 blocks).
   --model       any timm model (the original hard-wired Inception-v4).
   --test        evaluates a separate test split after the last epoch; the search only sees val.

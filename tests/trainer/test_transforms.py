@@ -74,7 +74,7 @@ def test_transformed_dataset_over_a_real_split():
     assert len(ds) == len(splits.train) and x.shape == (3, 32, 32) and y == splits.train[3][1]
 
 
-# --- the RandAugment posterize crash (DESIGN.md, "Known pitfalls") --------------------------------
+# --- the RandAugment posterize crash (docs/design.md, "Known pitfalls") ---------------------------
 
 def test_unguarded_timm_posterize_at_magnitude_10_raises():
     """Documents the bug the guard exists for. If this starts failing, timm/Pillow fixed the 0-bit

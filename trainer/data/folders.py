@@ -13,8 +13,9 @@ of a study see the same images; files are sorted before shuffling, one RNG per c
   the test split.
 - `caltech256_30`: `data_dir/256_ObjectCategories/NNN.name/*.jpg`; `257.clutter` is excluded, leaving
   256 classes named without their number prefix, ordered by number. Per class, after a fixed shuffle:
-  30 train (`extra.train_per_class`), the next 5 val (`extra.val_per_class`), the rest test. A class
-  with fewer images fills train first, then val, with what there is.
+  30 train (`extra.train_per_class`), the next 20 val (`extra.val_per_class`; the paper's code
+  validated on images 31-50 of each class, i.e. 20 per class), the rest test. A class with fewer
+  images fills train first, then val, with what there is.
 - `dtd`: `data_dir/images/<class>/*.jpg` with the official lists `data_dir/labels/train1.txt`,
   `val1.txt`, `test1.txt` (lines like `banded/banded_0002.jpg`): split 1 by default, another of the
   ten official splits with `extra.dtd_split`. Classes are the sorted sub-folders of `images/` (47).
@@ -79,7 +80,7 @@ def caltech256_30(cfg: TrainConfig) -> Splits:
     classes = [p.name.split(".", 1)[-1] for p in folders]
     samples = [(str(f), label) for label, folder in enumerate(folders) for f in list_images(folder)]
     train, val, test = split_counts(samples, extra_int(cfg, "train_per_class", 30),
-                                    extra_int(cfg, "val_per_class", 5))
+                                    extra_int(cfg, "val_per_class", 20))
     return file_splits(train, val, test, classes)
 
 
