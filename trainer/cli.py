@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--L2SP", dest="l2sp_flag", action="store_true", help="kept for the seed's scripts; needs --L2SP_rates")
     a("--L2SP_rates", "--l2sp-rates", dest="l2sp_rates", type=float, nargs="+", metavar="R",
       help="1 rate, or 3: new(L2 to zero) upper lower")
+    a("--l2-rates", dest="l2_rates", type=float, nargs="+", metavar="R",
+      help="L2 towards zero per part: 1 rate, or 3: new upper lower (on top of --weight-decay)")
     a("--weight-decay", dest="weight_decay", type=float)
     a("--reg-bn", dest="reg_bn", action="store_true", help="regularise norm parameters too")
     a("--reg-bias", dest="reg_bias", action="store_true", help="regularise biases too")

@@ -136,6 +136,7 @@ BAD = {  # name: (flags replacing/added to a good command line, text the error l
     "4 lrs": (["--lr", "0.1", "0.1", "0.1", "0.1"], "got 4"),
     "2 L2SP rates": (["--L2SP", "--L2SP_rates", "0.1", "0.1"], "l2sp_rates takes 1 or 3 values"),
     "negative L2SP rate": (["--L2SP_rates", "0.1", "-0.1", "0.1"], "l2sp_rates must be >= 0"),
+    "2 L2 rates": (["--l2-rates", "0.1", "0.1"], "l2_rates takes 1 or 3 values"),
     "--L2SP without rates": (["--L2SP"], "--L2SP needs --L2SP_rates"),
     "missing pretrained file": (["--pretrained-file", "{missing}"], "pretrained_file not found: {missing}"),
     "another model's checkpoint": (["--pretrained-file", "{other}"], "does not fit model 'test_resnet'"),
@@ -172,3 +173,12 @@ def test_seed_augmentation_string_and_random_erasing_train_an_epoch(target_dir, 
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert len([line for line in out.splitlines() if line.startswith("epoch ")]) == 1
+
+
+def test_paper_flags_and_per_part_l2_parse_into_the_config():
+    from trainer.cli import parse_config
+
+    cfg = parse_config(["--lr", "0.1", "0.01", "0.001", "--L2SP", "--L2SP_rates", "0", "0", "0.1",
+                        "--l2-rates", "0", "0.01", "0", "--new-layers", "3", "--num-lowlrs", "2"])
+    assert cfg.part_lrs() == (0.1, 0.01, 0.001) and cfg.part_l2sp() == (0.0, 0.0, 0.1)
+    assert cfg.part_l2() == (0.0, 0.01, 0.0) and (cfg.new_layers, cfg.num_low) == (3, 2)

@@ -85,6 +85,8 @@ def test_caltech256_30_takes_30_then_20_like_the_paper_and_drops_clutter(tmp_pat
     s = build_splits(cfg("caltech256_30", root))
     assert s.classes == ("ak47", "american-flag")
     assert sizes(s) == (60, 40, 4)  # the paper's code validated on images 31-50
+    with_clutter = build_splits(cfg("caltech256_30", root, extra={"clutter": True}))
+    assert with_clutter.classes == ("ak47", "american-flag", "clutter")
     assert not any("clutter" in p for split in (s.train, s.val, s.test) for p in split.paths)
     assert paths(s.train) | paths(s.val) | paths(s.test) == {
         str(p) for p in (root / "256_ObjectCategories").glob("0*/*.jpg")}

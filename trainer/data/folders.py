@@ -12,7 +12,8 @@ of a study see the same images; files are sorted before shuffling, one RNG per c
   (`extra.val_fraction`, default 0.02, i.e. ~26 of ~1,300 images per class); the official val set is
   the test split.
 - `caltech256_30`: `data_dir/256_ObjectCategories/NNN.name/*.jpg`; `257.clutter` is excluded, leaving
-  256 classes named without their number prefix, ordered by number. Per class, after a fixed shuffle:
+  256 classes named without their number prefix, ordered by number (`extra.clutter: true` keeps it
+  as a 257th class, as some published Caltech-256 numbers do). Per class, after a fixed shuffle:
   30 train (`extra.train_per_class`), the next 20 val (`extra.val_per_class`; the paper's code
   validated on images 31-50 of each class, i.e. 20 per class), the rest test. A class with fewer
   images fills train first, then val, with what there is.
@@ -73,7 +74,10 @@ def imagenet(cfg: TrainConfig) -> Splits:
 
 def caltech256_30(cfg: TrainConfig) -> Splits:
     root = require_dir(data_root(cfg) / "256_ObjectCategories", "Caltech-256 folder")
-    folders = [p for p in class_folders(root) if p.name != CALTECH_CLUTTER]
+    clutter = cfg.extra.get("clutter", False)
+    if not isinstance(clutter, bool):
+        raise InputError(f"extra.clutter must be true or false, got {clutter!r}")
+    folders = [p for p in class_folders(root) if clutter or p.name != CALTECH_CLUTTER]
     if not folders:
         raise InputError(f"no class folders in {root}")
     # "001.ak47" -> "ak47"; the zero-padded number prefix keeps the official class order.
