@@ -122,8 +122,9 @@ def _final_jobs(spec: StudySpec, store: ResultStore, opts: FinalOptions, rungs: 
     done = {(r["config_hash"], r["seed"]) for r in store.runs(study=spec.name, role="final")
             if r["state"] == "complete"}
     sources: list[tuple[str, str, dict[str, Any], int | None]] = []  # (final_of, label, config, run)
-    for i, rung in enumerate(rungs):
-        kind = "default" if i == 0 else "search" if i == len(rungs) - 1 else "ladder"
+    ends = {config_hash(rungs[0]["config"]): "default", config_hash(rungs[-1]["config"]): "search"}
+    for rung in rungs:  # an intermediate rung equal to an end is that end (one set of runs)
+        kind = ends.get(config_hash(rung["config"]), "ladder")
         sources.append((kind, f"rung {rung['rung']!r}", rung["config"], rung.get("source_run_id")))
     for c in search[1:opts.top_k]:  # more members for the ensemble
         sources.append(("search", f"search run {c.run['id']}", c.config, c.run["id"]))

@@ -147,3 +147,35 @@ def test_a_password_in_the_url_is_never_shown(pg_url: str, tmp_path: Path) -> No
     assert "***" in texts["run stdout"]  # the URL is shown, masked
     for where, text in texts.items():
         assert secret not in text, where
+
+
+def test_final_on_one_folder_and_analysis_from_another(pg_url: str, tmp_path: Path) -> None:
+    """Everything analysis needs lives in the database: `final` trains from one working folder,
+    the comparison, the ensemble and the report are computed from another."""
+    from nbtl_search.roles import DEFAULT, SEARCH
+    from nbtl_search.spec import load_spec
+    from nbtl_search.worker import WorkerOptions, run_worker
+    from tests.search import fakes
+
+    import analysis
+
+    study = {**fakes.spec_dict(name="ops", train={"epochs": 3}), "storage": pg_url}
+    path = tmp_path / "ops.yaml"
+    path.write_text(yaml.safe_dump(study))
+    for role in (DEFAULT, SEARCH):  # the selection comes from fake trials; final trains for real
+        run_worker(load_spec(path), pg_url, role, WorkerOptions(device="cpu", index=0),
+                   fit=fakes.fake_fit)
+    trainer_side, analysis_side = tmp_path / "gpu-host", tmp_path / "laptop"
+    trainer_side.mkdir()
+    analysis_side.mkdir()
+    done = subprocess.run([sys.executable, "-m", "nbtl_search", "final", str(path), "--device", "cpu",
+                           "--seeds", "2", "--rerank-top-k", "1", "--rerank-seeds", "0"],
+                          cwd=trainer_side, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    os.chdir(analysis_side)  # pytest restores nothing here: tmp_path is ours alone
+    row = analysis.compare(pg_url, "ops").iloc[0]
+    assert row["default_n_seeds"] == 2 and row["optimal_n_seeds"] == 2
+    assert row["ensemble_size"] == 2 and row["test_images"] > 0  # predictions read from the database
+    report = analysis.write_report(pg_url, "ops", analysis_side / "r.html").read_text()
+    assert "Not drawn: study" not in report.split("Search history")[0]  # comparison and ladder drawn
+    assert not list(trainer_side.rglob("*.npz"))  # nothing analysis needs was left on that host
