@@ -11,6 +11,7 @@ imports `trainer` or `nbtl_search`.
 """
 
 from analysis import figures, report, stats
+from analysis.probe import probe, probe_summary
 from analysis.compare import compare, ensemble_accuracy, ladder
 from analysis.load import AnalysisError, AnalysisWarning, epochs, runs, studies
 from analysis.report import summary_markdown, write_report
@@ -22,6 +23,8 @@ __all__ = [
     "ensemble_accuracy",
     "epochs",
     "figures",
+    "probe",
+    "probe_summary",
     "ladder",
     "report",
     "runs",

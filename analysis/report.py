@@ -14,6 +14,7 @@ import plotly.offline
 from analysis import figures
 from analysis.compare import compare, ladder
 from analysis.load import AnalysisError
+from analysis.probe import probe, probe_summary
 
 
 def summary_markdown(url: str, study: str) -> str:
@@ -73,6 +74,7 @@ def write_report(url: str, study: str, out_path: str | Path,
                              index=False, na_rep="—", float_format=lambda v: f"{v:.2f}")))
     except AnalysisError as e:
         sections.append(("Ladder", f'<p class="note">Not drawn: {html.escape(str(e))}</p>'))
+    sections.append(("Transferability probe", _probe_html(url, study)))
     others: list[tuple[str, Callable[[], go.Figure]]] = [
         ("Search history", lambda: figures.history_figure(url, study)),
         ("Parameter importances", lambda: figures.importance_figure(url, study)),
@@ -126,6 +128,19 @@ def _summary_html(row: pd.Series) -> str:
         parts.append(f"<p>Ensemble of {row['ensemble_size']} final models (averaged softmax): "
                      f"{row['ensemble_test_top1']:.2f}% test top-1</p>")
     return "\n".join(parts)
+
+
+def _probe_html(url: str, study: str) -> str:
+    try:
+        table, summary = probe(url, study), probe_summary(url, study)
+    except AnalysisError as e:
+        return f'<p class="note">Not shown: {html.escape(str(e))}</p>'
+    model = ", ".join(f"{k} {v:.4g}" for k, v in summary.items()
+                      if not k.startswith(("suggested.", "seconds.")))
+    suggested = ", ".join(f"{k.split('.', 1)[1]} {v:g}" for k, v in summary.items()
+                          if k.startswith("suggested."))
+    return (table.to_html(index=False, float_format=lambda v: f"{v:.2f}")
+            + f"<p>{html.escape(model)}</p><p>Suggested: {html.escape(suggested or 'nothing')}</p>")
 
 
 def _figure_html(fig: go.Figure) -> str:

@@ -14,3 +14,4 @@ POINT = "nbtl_point"  # a grid point's key (every trial of a grid, retries inclu
 RETRY_OF = "nbtl_retry_of"  # the number of the failed trial this one repeats
 ATTEMPT = "nbtl_attempt"  # 1 for a first try, 2 for its first retry, ...
 EXTENSION = "nbtl_extension"  # a baseline point added past the edge of the lr grid
+WARM_START = "nbtl_warm_start"  # a first trial enqueued from the probe ("probe suggestion", ...)

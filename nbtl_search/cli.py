@@ -85,6 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--jobs", type=COUNT, default=1, help="runs trained at once, each in its own process")
     _cache_arg(f)
 
+    pr = verb("probe", "measure how well the pre-trained weights fit the target (one forward pass) "
+                       "and suggest settings")
+    pr.add_argument("--suggest", action="store_true",
+                    help="print a study file that starts from the suggestion, ranges narrowed around it")
+    pr.add_argument("--source-dataset", help="the source's dataset (for the domain similarity)")
+    pr.add_argument("--source-data-dir", help="its data_dir, if it has one")
+    pr.add_argument("--scores", help="comma-separated subset of: logme, probe_acc, hscore, leep, "
+                                     "nce, domain_similarity (default: all that apply)")
+    pr.add_argument("--max-images", type=COUNT, default=2000,
+                    help="class-balanced subset of the train split (default 2000)")
+    pr.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+
     verb("status", "trials, grid coverage, the best so far and whether it sits on an edge")
     verb("best", "print the best config as a study file with fixed values, ready to rerun")
     e = verb("export", "write runs and epochs as CSV")

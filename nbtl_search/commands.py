@@ -109,6 +109,36 @@ def final(args: argparse.Namespace) -> int:
     return 0
 
 
+def probe(args: argparse.Namespace) -> int:
+    from . import probe as probe_mod
+    from .results import ResultStore
+    from .views import probe_table, warm_study_yaml
+
+    spec, url = study_and_url(args)
+    try:  # read-only: a study that has not run yet has no baseline to take the lr from
+        reader = ResultStore(url, create=False)
+        lr, lr_from = probe_mod.base_lr(spec, reader)
+        reader.close()
+    except StorageError:
+        lr, lr_from = probe_mod.base_lr(spec, None)
+    scores = tuple(s.strip() for s in args.scores.split(",")) if args.scores else probe_mod.SCORES
+    source = None
+    if args.source_dataset:
+        source = {"dataset": args.source_dataset, "data_dir": args.source_data_dir, "extra": {}}
+    elif args.source_data_dir:
+        raise InputError("--source-data-dir needs --source-dataset")
+    result = probe_mod.run_probe(spec, base_lr=lr, scores=scores, source_dataset=source,
+                                 max_images=args.max_images,
+                                 device=args.device or _default_device())
+    store = ResultStore(url)  # everything checked and computed: now write
+    store.replace_probe(spec.name, probe_mod.rows(result))
+    store.close()
+    console.print(probe_table(spec, result, lr_from))
+    if args.suggest:
+        sys.stdout.write(warm_study_yaml(spec, result.suggestion))
+    return 0
+
+
 def status(args: argparse.Namespace) -> int:
     from .views import status_table
 

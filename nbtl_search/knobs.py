@@ -73,9 +73,17 @@ class FinalSpec:
     rerank_seeds: int = knob(2, 0)
 
 
+@dataclass(frozen=True)
+class ProbeSpec:
+    # Enqueue the stored probe's suggestion (`nbtl-search probe`) as the search's first trial and
+    # the default settings as its second, when the search starts with no trial yet.
+    enqueue: bool = False
+
+
 SECTIONS: dict[str, tuple[type, dict[str, tuple[str, ...]] | None]] = {
     "sampler": (SamplerSpec, SAMPLER_KEYS), "pruner": (PrunerSpec, PRUNER_KEYS),
-    "objective": (ObjectiveSpec, None), "budget": (BudgetSpec, None), "final": (FinalSpec, None)}
+    "objective": (ObjectiveSpec, None), "budget": (BudgetSpec, None), "final": (FinalSpec, None),
+    "probe": (ProbeSpec, None)}
 
 
 def parse_knobs(data: dict, name: str) -> Any:

@@ -9,7 +9,9 @@
    a point whose trial failed for any reason is re-queued the same way: a failed point is retried,
    not skipped;
 3. grid points (baseline, `sampler: grid`) that have no trial yet are enqueued, each exactly once;
-4. the baseline adds a point past the edge of its lr grid once every point has run (`defaults`).
+4. the baseline adds a point past the edge of its lr grid once every point has run (`defaults`);
+5. a search asked to (`probe.enqueue`) starts with the stored probe's suggestion, then the default
+   settings, as its first two trials.
 
 `next_action` then says what the worker holding the lock does: CLAIM a trial (pop the queue, or
 sample a new one while the budget allows), WAIT for trials that run elsewhere (one of them may still
@@ -28,6 +30,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from . import attrs
+from .probe import base_lr, stored_suggestion, suggestion_params
 from .results import ResultStore
 from .roles import Role
 from .spec import StudySpec
@@ -63,6 +66,10 @@ def sync(study: optuna.Study, role: Role, spec: StudySpec, store: ResultStore | 
         for t in trials:
             if is_lost(t) and attrs.RUN_ID in t.user_attrs:
                 store.mark_lost(t.user_attrs[attrs.RUN_ID], lost_reason(t))
+    if not trials and role.warm_starts and spec.probe.enqueue and store is not None:
+        for point, label in warm_start(spec, store):
+            study.enqueue_trial(point, user_attrs={attrs.WARM_START: label, attrs.ATTEMPT: 1})
+        trials = study.get_trials(deepcopy=False)
     points = role.points(spec)
     retried = {t.user_attrs.get(attrs.RETRY_OF) for t in trials}
     for t in trials:
@@ -93,6 +100,27 @@ def _extend(study: optuna.Study, role: Role, spec: StudySpec, trials: list[Froze
     if point is not None and point_key(point) not in {t.user_attrs.get(attrs.POINT) for t in trials}:
         study.enqueue_trial(point, user_attrs={attrs.POINT: point_key(point), attrs.ATTEMPT: 1,
                                                attrs.EXTENSION: True})
+
+
+def warm_start(spec: StudySpec, store: ResultStore) -> list[tuple[dict[str, Any], str]]:
+    """The probe's suggestion and the default settings as params of the search space (nothing
+    when no probe has run for this study)."""
+    suggestion = stored_suggestion(store.probe(spec.name))
+    if not suggestion:
+        return []
+    lr, _ = base_lr(spec, store)
+    default = {"new_layers": 1, "num_low": 0, "lr_new": lr, "lr_upper": lr, "lr_lower": lr,
+               "l2sp_upper": 0.0, "l2sp_lower": 0.0, "l2_new": 0.0, "l2_upper": 0.0, "l2_lower": 0.0}
+    out: list[tuple[dict[str, Any], str]] = []
+    for values, label in ((suggestion, "probe suggestion"), (default, "default settings")):
+        params = suggestion_params(spec, values)
+        if params is None:
+            continue
+        if out and out[0][0] == params:  # the probe suggests the default settings themselves
+            out[0] = (params, f"{out[0][1]} = {label}")
+        else:
+            out.append((params, label))
+    return out
 
 
 def next_action(trials: list[FrozenTrial], role: Role, spec: StudySpec, budget: int) -> Action:

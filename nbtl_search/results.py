@@ -9,6 +9,8 @@ The schema is a contract: `analysis/`, notebooks and users' own SQL read these n
   default to the optimum (the runs of a rung are the final runs with its ``config_hash``).
 - ``nbtl_predictions``: a final run's test softmax and labels (compressed ``.npz`` bytes), so that
   every figure can be computed by anyone who can open the URL, on any host or a copy of the file.
+- ``nbtl_probe``: the latest transferability probe of a study: per-layer and model-level scores and
+  the settings they suggest, one value per row.
 
 ``config`` and ``lrs`` are JSON text (portable, and read by pandas as is); NaN metrics are
 stored as NULL; times are UTC (PostgreSQL ``timestamptz``; SQLite keeps them without offset).
@@ -133,6 +135,18 @@ ladder_table = sa.Table(
     sa.Column("notes", sa.Text, nullable=False),  # JSON list, e.g. "lr 0.3 is the largest value tried"
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.UniqueConstraint("study", "position", name="uq_nbtl_ladder_study_position"),
+)
+
+probe_table = sa.Table(
+    "nbtl_probe",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("study", sa.String, nullable=False, index=True),
+    sa.Column("layer", sa.Integer),  # 2, 3, ... (counted from the top); NULL for model-level values
+    sa.Column("layer_name", sa.String),
+    sa.Column("score", sa.String, nullable=False),  # logme, probe_acc, ..., suggested.new_layers
+    sa.Column("value", sa.Float),
+    sa.Column("created_at", UTCDateTime, nullable=False),
 )
 
 predictions_table = sa.Table(
@@ -285,6 +299,20 @@ class ResultStore:
         with self._engine.begin() as conn:
             conn.execute(predictions_table.delete().where(predictions_table.c.run_id == run_id))
             conn.execute(predictions_table.insert().values(run_id=run_id, **row))
+
+    def replace_probe(self, study: str, rows: list[dict[str, Any]]) -> None:
+        """The study's probe (`layer`, `layer_name`, `score`, `value` rows), replacing the last."""
+        now = _now()
+        with self._engine.begin() as conn:
+            conn.execute(probe_table.delete().where(probe_table.c.study == study))
+            if rows:
+                conn.execute(probe_table.insert(), [dict(r, study=study, value=_float(r["value"]),
+                                                         created_at=now) for r in rows])
+
+    def probe(self, study: str) -> list[dict[str, Any]]:
+        query = sa.select(probe_table).where(probe_table.c.study == study).order_by(probe_table.c.id)
+        with self._engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
 
     def replace_ladder(self, study: str, rungs: list[dict[str, Any]]) -> None:
         """The study's ladder, in order (position 0 = the best default), replacing the old one."""

@@ -29,6 +29,7 @@ class Role:
     points: Callable[[StudySpec], list[dict[str, Any]] | None]
     # a point to add once every point has run (finished (params, value), points added so far)
     extension: Callable[[StudySpec, list[tuple[dict, float]], int], dict[str, Any] | None]
+    warm_starts: bool  # may begin with the probe's suggestion (study file: probe.enqueue)
 
     def study_name(self, spec: StudySpec) -> str:
         return spec.name + self.suffix
@@ -44,7 +45,7 @@ SEARCH = Role(
     sampler=sampling.build_sampler, pruner=sampling.build_pruner,
     distributions=sampling.distributions, config=sampling.config_from_params,
     points=lambda spec: axes.grid_points(spec.search_space) if spec.sampler.type == "grid" else None,
-    extension=lambda spec, finished, extended: None)
+    extension=lambda spec, finished, extended: None, warm_starts=True)
 
 DEFAULT = Role(
     name="default", suffix=".default", title="default settings (baseline grid)",
@@ -56,6 +57,7 @@ DEFAULT = Role(
     config=lambda spec, params: spec.default_config(params),
     points=lambda spec: defaults.grid_points(spec.default_settings),
     extension=lambda spec, finished, extended: defaults.extension(spec.default_settings, finished,
-                                                                  extended))
+                                                                  extended),
+    warm_starts=False)
 
 ROLES = {role.name: role for role in (SEARCH, DEFAULT)}

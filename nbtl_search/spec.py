@@ -28,7 +28,8 @@ from trainer.config import InputError, TrainConfig, fields_with_role
 from . import axes as axes_mod
 from . import defaults as defaults_mod
 from .checks import FIELD_HINTS, SpecError, check_keys, check_type, describe, expand, mapping
-from .knobs import BudgetSpec, FinalSpec, ObjectiveSpec, PrunerSpec, SamplerSpec, parse_knobs
+from .knobs import (BudgetSpec, FinalSpec, ObjectiveSpec, ProbeSpec, PrunerSpec, SamplerSpec,
+                    parse_knobs)
 
 # Section key -> TrainConfig field, for the two sections that describe what is trained.
 DATASET_KEYS = {"name": "dataset", "data_dir": "data_dir", "img_size": "img_size",
@@ -53,6 +54,7 @@ class StudySpec:
     budget: BudgetSpec
     default_settings: defaults_mod.DefaultSettings
     final: FinalSpec
+    probe: ProbeSpec = ProbeSpec()
     path: str | None = None
 
     def base_fields(self) -> dict[str, Any]:
@@ -171,14 +173,14 @@ def _parse(data: Any) -> StudySpec:
     known = [f for f in FIELD_HINTS if f not in owned]
     train = _fields_section(data, "train", {f: f for f in known}, owned)
     search_space = axes_mod.parse_search_space(data.get("search_space"), train)
-    sampler, pruner, objective, budget, final = (parse_knobs(data, section) for section in (
-        "sampler", "pruner", "objective", "budget", "final"))
+    sampler, pruner, objective, budget, final, probe = (parse_knobs(data, section) for section in (
+        "sampler", "pruner", "objective", "budget", "final", "probe"))
     if sampler.type == "grid":
         axes_mod.grid_space(search_space)  # raises on a continuous axis
     settings = defaults_mod.parse_default_settings(data.get("default_settings"), train)
     spec = StudySpec(name=name, storage=storage, dataset=dataset, model=model, train=train,
                      search_space=search_space, sampler=sampler, pruner=pruner, objective=objective,
-                     budget=budget, default_settings=settings, final=final)
+                     budget=budget, default_settings=settings, final=final, probe=probe)
     try:
         base = spec.base_config()
     except InputError as e:

@@ -83,6 +83,16 @@ ladder_table = sa.Table(
     sa.Column("notes", sa.Text, nullable=False),
     sa.Column("created_at", sa.DateTime, nullable=False),
 )
+probe_table = sa.Table(
+    "nbtl_probe", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("study", sa.String, nullable=False),
+    sa.Column("layer", sa.Integer),
+    sa.Column("layer_name", sa.String),
+    sa.Column("score", sa.String, nullable=False),
+    sa.Column("value", sa.Float),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
 predictions_table = sa.Table(
     "nbtl_predictions", metadata,
     sa.Column("run_id", sa.Integer, sa.ForeignKey("nbtl_runs.id"), primary_key=True),
@@ -140,6 +150,10 @@ N_TEST, N_CLASSES = 40, 4
 # Predictions: every model of the optimum is right on images 0..29, every default model on 0..19.
 # Paired per image: d_i = 1 for i in 20..29, else 0: the difference over the images is 25 points.
 RIGHT = {"search": 30, "default": 20, "ladder": 25}
+# The probe: (layer, name, score, value); layer None for model-level values and the suggestion.
+PROBE = [(2, "layer4", "probe_acc", 60.0), (2, "layer4", "random_acc", 30.0), (2, "layer4", "fit", 30.0),
+         (3, "layer3", "probe_acc", 50.0), (3, "layer3", "random_acc", 35.0), (3, "layer3", "fit", 15.0),
+         (None, None, "logme", -0.5), (None, None, "suggested.new_layers", 1.0)]
 
 EXPECTED = {
     "default_run_id": 2, "default_val_top1": 75.0, "default_val_mean": 74.0, "default_val_n": 3,
@@ -246,6 +260,9 @@ def build(folder: Path) -> str:
         conn.execute(epochs_table.insert(), epoch_rows)
         conn.execute(ladder_table.insert(), ladder_rows)
         conn.execute(predictions_table.insert(), prediction_rows)
+        conn.execute(probe_table.insert(), [
+            {"study": STUDY, "layer": layer, "layer_name": name, "score": score, "value": value,
+             "created_at": t0} for layer, name, score, value in PROBE])
     engine.dispose()
     return url
 

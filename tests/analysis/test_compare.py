@@ -193,6 +193,15 @@ def test_older_databases_read_their_prediction_files(built: Path, tmp_path: Path
     assert row["ensemble_test_top1"] == pytest.approx(by_hand(db.ENSEMBLE))
 
 
+def test_probe_reads_layers_and_the_suggestion(url: str, built: Path, tmp_path: Path) -> None:
+    table = analysis.probe(url, db.STUDY)
+    assert list(table["layer"]) == [2, 3] and list(table["fit"]) == [30.0, 15.0]
+    assert analysis.probe_summary(url, db.STUDY) == {"logme": -0.5, "suggested.new_layers": 1.0}
+    bare = variant(built, tmp_path / "v", "DROP TABLE nbtl_probe")  # a database from before
+    with pytest.raises(AnalysisError, match="no probe yet: run `nbtl-search probe"):
+        analysis.probe(bare, db.STUDY)
+
+
 def test_not_settings_copy_matches_the_trainers_roles() -> None:
     """analysis keeps its own copy of the rule (it never imports trainer); they must agree."""
     from trainer.config import UNHASHED_ROLES, fields_with_role

@@ -376,3 +376,33 @@ def test_bad_probabilities_and_weights() -> None:
         domain_similarity(GOOD_F, GOOD_F, gamma=0)
     with pytest.raises(InputError, match="folds"):
         linear_probe_accuracy(GOOD_F, GOOD_Y, folds=1)
+
+
+def test_ridge_probe_matches_a_fold_by_fold_computation() -> None:
+    from sklearn.model_selection import StratifiedKFold
+
+    from trainer.scores import ridge_probe_accuracy
+
+    for d in (3, 40):  # fewer features than images, and more (the dual form)
+        f, labels = blobs(12, d, classes=3, spread=0.8, seed=4)
+        correct = 0
+        for train, test in StratifiedKFold(5, shuffle=True, random_state=0).split(f, labels):
+            mean, sd = f[train].mean(axis=0), f[train].std(axis=0)
+            x = np.hstack([(f[train] - mean) / sd, np.ones((len(train), 1))])  # an explicit bias
+            y = np.eye(3)[labels[train]]
+            penalty = np.eye(d + 1)
+            penalty[d, d] = 0.0  # ... that is not penalised
+            w = np.linalg.solve(x.T @ x + penalty, x.T @ y)
+            for row, label in zip((f[test] - mean) / sd, labels[test]):
+                correct += int(np.argmax(np.append(row, 1.0) @ w) == label)
+        assert ridge_probe_accuracy(f, labels) == pytest.approx(100 * correct / len(labels)), d
+
+
+def test_ridge_probe_ranks_features() -> None:
+    from trainer.scores import ridge_probe_accuracy
+
+    f, labels = blobs(40, 32, classes=5, spread=2.0)
+    assert ridge_probe_accuracy(f, labels) == 100.0
+    assert ridge_probe_accuracy(f, np.random.default_rng(0).permutation(labels)) < 40
+    with pytest.raises(InputError, match="alpha must be > 0"):
+        ridge_probe_accuracy(f, labels, alpha=0)
