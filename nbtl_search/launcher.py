@@ -21,8 +21,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +32,7 @@ from rich.table import Table
 
 from . import attrs
 from .claims import StudyLock
-from .objective import Stopped
+from .objective import Stopped, stop_on_signals
 from .queue import FINISHED, sync
 from .results import ResultStore, ensure_schema
 from .roles import Role
@@ -101,7 +99,7 @@ def launch(spec: StudySpec, url: str, role: Role, slots: list[Slot], *, budget: 
                              image_cache, logs)
 
     try:
-        with _stop_on_signals():
+        with stop_on_signals():
             for slot in slots:
                 start(slot.name)
             with Live(_table(study, role, spec, procs), console=console, refresh_per_second=2,
@@ -208,19 +206,6 @@ def exit_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
     if os.getppid() != int(parent):  # the launcher died before the line above
         raise Stopped("launcher gone")
-
-
-@contextmanager
-def _stop_on_signals() -> Iterator[None]:
-    def stop(signum: int, _frame: object) -> None:
-        raise Stopped(signal.Signals(signum).name)
-
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def _table(study: optuna.Study, role: Role, spec: StudySpec, procs: dict[str, subprocess.Popen]) -> Table:

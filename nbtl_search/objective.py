@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import gc
 import math
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -32,6 +36,26 @@ class Stopped(KeyboardInterrupt):
     """The worker was asked to stop (SIGTERM, SIGHUP): its trial is failed, marked lost, and the
     worker exits. A KeyboardInterrupt, so nothing on the way swallows it and Optuna still tells
     the trial FAIL before passing it on."""
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise `Stopped` in the main thread (Ctrl-C already raises
+    KeyboardInterrupt), so a worker fails and marks its running trial before it exits, and a
+    launcher stops its workers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread (tests run workers in threads)
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        raise Stopped(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 class EpochRecorder:

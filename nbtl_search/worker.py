@@ -10,13 +10,9 @@ between trials.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import optuna
@@ -24,7 +20,7 @@ from optuna.trial import TrialState
 
 from . import attrs
 from .claims import StudyLock
-from .objective import FitFn, Objective, Stopped
+from .objective import FitFn, Objective, Stopped, stop_on_signals
 from .queue import Action, next_action, sync
 from .results import ResultStore
 from .roles import Role
@@ -97,7 +93,7 @@ def run_worker(spec: StudySpec, url: str, role: Role, opts: WorkerOptions,
     deadline = None if timeout is None else time.monotonic() + timeout
     own, failures = 0, 0
     try:
-        with _stop_on_signals():
+        with stop_on_signals():
             while opts.trials is None or own < opts.trials:
                 if deadline is not None and time.monotonic() > deadline:
                     break
@@ -135,22 +131,3 @@ def _run_one(study: optuna.Study, objective: Objective) -> None:
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
     except optuna.exceptions.UpdateFinishedTrialError:
         objective.told_elsewhere()
-
-
-@contextmanager
-def _stop_on_signals() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise `Stopped` in the main thread (Ctrl-C already raises
-    KeyboardInterrupt), so the running trial is told FAIL and marked lost before the worker exits."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread (tests run workers in threads)
-        return
-
-    def stop(signum: int, _frame: object) -> None:
-        raise Stopped(signal.Signals(signum).name)
-
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)

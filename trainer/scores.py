@@ -318,31 +318,38 @@ def linear_probe_accuracy(features: np.ndarray, labels: np.ndarray, folds: int =
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    f = _features(features)
-    n = f.shape[0]
-    classes, y_idx = _classes(_labels(labels, n))
-    if folds < 2:
-        raise InputError(f"folds must be >= 2, got {folds}")
     if not c > 0:
         raise InputError(f"c must be > 0, got {c}")
-    counts = np.bincount(y_idx)
-    if counts.min() < 2:
-        raise InputError(f"class {int(classes[counts.argmin()])} has {counts.min()} sample: "
-                         f"cross-validation needs >= 2 per class")
-    folds = min(folds, int(counts.min()))
+    f, y_idx, _, splits = _cv_folds(features, labels, folds, seed)
     correct = 0
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for train, held_out in splitter.split(f, y_idx):
+    for train, held_out in splits:
         probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=200))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             probe.fit(f[train], y_idx[train])
         correct += int((probe.predict(f[held_out]) == y_idx[held_out]).sum())
-    return 100.0 * correct / n
+    return 100.0 * correct / len(f)
+
+
+def _cv_folds(features: object, labels: object, folds: int, seed: int
+              ) -> tuple[np.ndarray, np.ndarray, int, list[tuple[np.ndarray, np.ndarray]]]:
+    """(features, class indices, class count, stratified shuffled folds) of a probe; `folds` is
+    lowered to the smallest class's size, which must be >= 2."""
+    from sklearn.model_selection import StratifiedKFold
+
+    f = _features(features)
+    classes, y_idx = _classes(_labels(labels, f.shape[0]))
+    if folds < 2:
+        raise InputError(f"folds must be >= 2, got {folds}")
+    counts = np.bincount(y_idx)
+    if counts.min() < 2:
+        raise InputError(f"class {int(classes[counts.argmin()])} has {counts.min()} sample: "
+                         f"cross-validation needs >= 2 per class")
+    splitter = StratifiedKFold(n_splits=min(folds, int(counts.min())), shuffle=True, random_state=seed)
+    return f, y_idx, len(classes), list(splitter.split(f, y_idx))
 
 
 def ridge_probe_accuracy(features: np.ndarray, labels: np.ndarray, folds: int = 5,
@@ -360,24 +367,12 @@ def ridge_probe_accuracy(features: np.ndarray, labels: np.ndarray, folds: int = 
     (the second form, an N x N system, when there are fewer images than features). The result is
     100 * (correct held-out predictions) / N. Deterministic for fixed inputs.
     """
-    from sklearn.model_selection import StratifiedKFold
-
-    f = _features(features)
-    n = f.shape[0]
-    classes, y_idx = _classes(_labels(labels, n))
-    if folds < 2:
-        raise InputError(f"folds must be >= 2, got {folds}")
     if not alpha > 0:
         raise InputError(f"alpha must be > 0, got {alpha}")
-    counts = np.bincount(y_idx)
-    if counts.min() < 2:
-        raise InputError(f"class {int(classes[counts.argmin()])} has {counts.min()} sample: "
-                         f"cross-validation needs >= 2 per class")
-    folds = min(folds, int(counts.min()))
-    onehot = np.eye(len(classes))[y_idx]
+    f, y_idx, n_classes, splits = _cv_folds(features, labels, folds, seed)
+    onehot = np.eye(n_classes)[y_idx]
     correct = 0
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for train, held_out in splitter.split(f, y_idx):
+    for train, held_out in splits:
         mean, sd = f[train].mean(axis=0), f[train].std(axis=0)
         sd[sd == 0] = 1.0  # a constant feature carries nothing: leave it at 0
         x, x_out = (f[train] - mean) / sd, (f[held_out] - mean) / sd
@@ -388,7 +383,7 @@ def ridge_probe_accuracy(features: np.ndarray, labels: np.ndarray, folds: int = 
         else:
             weights = np.linalg.solve(x.T @ x + alpha * np.eye(x.shape[1]), x.T @ target)
         correct += int(((x_out @ weights + intercept).argmax(axis=1) == y_idx[held_out]).sum())
-    return 100.0 * correct / n
+    return 100.0 * correct / len(f)
 
 
 # --- domain similarity ---------------------------------------------------------------------------

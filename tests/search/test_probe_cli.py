@@ -13,7 +13,6 @@ import analysis
 from nbtl_search import attrs
 from nbtl_search.cli import main
 from nbtl_search.probe import suggest
-from nbtl_search.results import ResultStore
 from nbtl_search.roles import SEARCH
 from nbtl_search.spec import load_spec
 from nbtl_search.worker import WorkerOptions, run_worker
