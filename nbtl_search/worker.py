@@ -28,6 +28,7 @@ from .spec import StudySpec
 from .storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, open_rdb, quiet
 
 MAX_FAILURES_IN_A_ROW = 5
+WAIT_POLL_S = 2  # while the last trials run elsewhere: how often an idle worker looks again
 GAVE_UP = 3  # worker exit code: trials keep failing; restarting it would not help
 STOPPED = 143  # worker exit code after SIGTERM/SIGHUP: its trial was failed and marked lost
 
@@ -107,7 +108,7 @@ def run_worker(spec: StudySpec, url: str, role: Role, opts: WorkerOptions,
                 if action is Action.DONE:
                     break
                 if action is Action.WAIT:  # trials run elsewhere; one may fail and come back
-                    time.sleep(opts.heartbeat_interval)
+                    time.sleep(min(WAIT_POLL_S, opts.heartbeat_interval))
                     continue
                 own += 1
                 failures = failures + 1 if objective.last_state == TrialState.FAIL else 0
