@@ -85,7 +85,7 @@ def launch(spec: StudySpec, url: str, role: Role, slots: list[Slot], *, budget: 
     study = prepare_study(spec, open_rdb(url), role)
     store = ResultStore(url)
     with StudyLock(url, study.study_name):
-        sync(study, role, spec, store)  # the grid's points, and retries left by an earlier run
+        sync(study, role, spec, store, budget)  # the grid's points, retries left by an earlier run
     store.close()
     logs.mkdir(parents=True, exist_ok=True)
     index = {slot.name: i for i, slot in enumerate(slots)}

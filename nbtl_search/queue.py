@@ -58,22 +58,25 @@ def is_lost(trial: FrozenTrial) -> bool:
         bool(trial.user_attrs.get(attrs.LOST)) or attrs.FAIL_REASON not in trial.user_attrs)
 
 
-def sync(study: optuna.Study, role: Role, spec: StudySpec, store: ResultStore | None) -> list[FrozenTrial]:
-    """Steps 1-4 of the module docstring; returns the trials as they are afterwards."""
+def sync(study: optuna.Study, role: Role, spec: StudySpec, store: ResultStore | None,
+         budget: int | None = None) -> list[FrozenTrial]:
+    """Steps 1-5 of the module docstring; returns the trials as they are afterwards. `budget`
+    overrides the study's (a search re-queues lost trials only while its budget has room)."""
     fail_stale_trials(study)
     trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get(attrs.RETRY_OF) for t in trials}
     if store is not None:
-        for t in trials:
-            if is_lost(t) and attrs.RUN_ID in t.user_attrs:
+        for t in trials:  # new losses only: each run row is fixed once
+            if is_lost(t) and t.number not in retried and attrs.RUN_ID in t.user_attrs:
                 store.mark_lost(t.user_attrs[attrs.RUN_ID], lost_reason(t))
     if not trials and role.warm_starts and spec.probe.enqueue and store is not None:
         for point, label in warm_start(spec, store):
             study.enqueue_trial(point, user_attrs={attrs.WARM_START: label, attrs.ATTEMPT: 1})
         trials = study.get_trials(deepcopy=False)
     points = role.points(spec)
-    retried = {t.user_attrs.get(attrs.RETRY_OF) for t in trials}
+    room = points is not None or sum(t.state in FINISHED for t in trials) < role.budget(spec, budget)
     for t in trials:
-        if (t.state == TrialState.FAIL and t.number not in retried and t.params
+        if (room and t.state == TrialState.FAIL and t.number not in retried and t.params
                 and (is_lost(t) or points is not None)
                 and t.user_attrs.get(attrs.ATTEMPT, 1) <= MAX_RETRIES):
             keep = {k: v for k, v in t.user_attrs.items() if k in (attrs.POINT, attrs.EXTENSION)}

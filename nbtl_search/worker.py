@@ -100,7 +100,8 @@ def run_worker(spec: StudySpec, url: str, role: Role, opts: WorkerOptions,
                     break
                 lock.acquire()
                 try:
-                    action = next_action(sync(study, role, spec, store), role, spec, budget)
+                    action = next_action(sync(study, role, spec, store, opts.budget), role, spec,
+                                         budget)
                     if action is Action.CLAIM:
                         _run_one(study, objective)
                 finally:
