@@ -183,3 +183,13 @@ def test_status_shows_why_a_trial_failed(tmp_path, capsys) -> None:
     run_worker(load_spec(path), url, SEARCH, WorkerOptions(device="cpu", index=0), fit=fakes.fake_fit)
     code, out, _ = _run(capsys, "status", str(path))
     assert code == 0 and "fail" in out and "RuntimeError" in out  # the cell wraps at 80 columns
+
+
+def test_status_shows_grid_coverage_and_a_best_on_the_edge(finished_study, capsys) -> None:
+    path, _ = finished_study
+    code, out, _ = _run(capsys, "status", str(path))
+    assert code == 0
+    assert "default grid: 3/3 points finished once, 0 more than once, 0 not (yet) finished" in out
+    # the fake score grows with new_layers: the search's best sits on the top of its range
+    assert "edge: new_layers 3 is at the upper end of its range [1, 3]" in out
+    assert "edge: lr" not in out.split("best search")[0]  # the baseline's 0.1 is inside its grid
