@@ -28,10 +28,24 @@ def summary_markdown(url: str, study: str) -> str:
         lines += ["", f"Settings that differ: {row['differences']}"]
     if row["notes"]:
         lines += ["", f"Not a proven best: {row['notes']} (widen the grid or the range)."]
-    if row["ensemble_size"]:
-        lines += ["", f"Ensemble of {row['ensemble_size']} final models (averaged softmax): "
-                      f"{row['ensemble_test_top1']:.2f}% test top-1"]
+    lines += ladder_markdown(url, study)
     return "\n".join(lines) + "\n"
+
+
+def ladder_markdown(url: str, study: str) -> list[str]:
+    """The retrained ladder as Markdown lines (none before `final`)."""
+    try:
+        lad = ladder(url, study)
+    except AnalysisError:
+        return []
+    lines = ["", "The ladder, each rung retrained with the same seeds:", "",
+             "| rung | adds | test top-1 %, mean ± sd (n) |", "|---|---|---|"]
+    for i, r in lad.iterrows():
+        sd = "" if math.isnan(r["test_sd"]) else f" ± {r['test_sd']:.2f}"
+        value = "—" if math.isnan(r["test_mean"]) else f"{r['test_mean']:.2f}{sd} ({r['n_seeds']})"
+        adds = r["adds"] or ("the best default" if i == 0 else "nothing (the rung above's runs)")
+        lines.append(f"| {r['rung']} | {adds} | {value} |")
+    return lines
 
 
 def verdict(row: pd.Series) -> str:

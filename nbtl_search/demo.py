@@ -12,7 +12,6 @@ study file (written next to the logs), so several demo seeds can share one datab
 
 from __future__ import annotations
 
-import copy
 import shutil
 import time
 from pathlib import Path
@@ -59,10 +58,9 @@ def seeded_study(spec: StudySpec, seed: int) -> StudySpec:
     if seed == 0:
         return spec
     data = yaml.safe_load(Path(spec.path).read_text(encoding="utf-8"))
-    data = copy.deepcopy(data)
     data["name"] = f"{data['name']}-seed{seed}"
-    data["dataset"].setdefault("extra", {})["split_seed"] = seed
-    data.setdefault("train", {})["seed"] = data["train"].get("seed", 0) + 1000 * seed
+    data["dataset"].setdefault("extra", {})["split_seed"] = seed  # another train/val/test split
+    data.setdefault("train", {})["seed"] = spec.base_config().seed + 100 * seed  # other seeds
     data.setdefault("sampler", {})["seed"] = data["sampler"].get("seed", 0) + seed
     path = Path("nbtl-logs") / f"{data['name']}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,12 +1,18 @@
 """Generated 32-px sets for the offline demo, rendered in memory (no data_dir, nothing downloaded).
 
 - `digits` (the demo's TARGET): scikit-learn's bundled 8x8 digits 5-9 (5 classes, labels 0..4, class
-  names "5".."9", 896 images), each rendered into a cluttered 32x32 RGB scene: a smooth random
+  names "5".."9", 896 images; `extra.classes` picks other digits, below), each rendered into a
+  cluttered 32x32 RGB scene: a smooth random
   colour gradient as background, the digit upscaled to 20-30 px at a random position in a random
   colour that stands out from the background, 0-1 random distractor lines drawn over it, Gaussian pixel
   noise (sigma 10 of 255). (With 14-26 px digits and 2-4 lines, 10 images per class left every
   setting near chance: ~30% val top-1 for 5 classes, measured 2026-11-28.) Split per class after a fixed shuffle: 10 train (`extra.train_per_class`),
   40 val (`extra.val_per_class`), the rest (~130 per class) test.
+  Options: `extra.classes`, the digits to use as a list in increasing order (default [5, 6, 7, 8, 9];
+  [0, 1, ..., 9] is all 1,797 images, ~180 per class), labelled 0.. in that order and named by the
+  digit; a different list renders the scenes in another order, so the scenes of digits 5-9 then differ
+  from the default's. `extra.split_seed` (default 0: the split above) draws another split of the same
+  rendered images: the shuffle before the split is seeded with `GEN_SEED + 1 + split_seed`.
 - `shapes` (the demo's SOURCE for pre-training): 10 classes (circle, square, triangle, cross, ring,
   stripes-h, stripes-v, checker, dots, star) drawn on the same kind of background with random colour,
   position, size and (for the polygons) rotation, plus the same noise; 360 per class = 3,600 images,
@@ -25,7 +31,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..config import TrainConfig
+from ..config import InputError, TrainConfig
 from .base import ImageArray, Splits, extra_int
 
 GEN_SEED = 0
@@ -34,7 +40,7 @@ NOISE_SIGMA = 10.0
 DIGIT_PX = (20, 30)  # digit size range
 DIGIT_CONTRAST = 150.0  # min RGB distance of the digit's colour from its background
 DISTRACTORS = (0, 1)  # random lines drawn over a digit scene
-DIGITS = (5, 6, 7, 8, 9)
+DIGITS = (5, 6, 7, 8, 9)  # the default `extra.classes`
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "stripes-h", "stripes-v", "checker",
           "dots", "star")
 SHAPES_PER_CLASS = (300, 30, 30)  # train, val, test
@@ -73,13 +79,14 @@ def _frozen(array: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
-def render_digits(seed: int = GEN_SEED) -> tuple[np.ndarray, np.ndarray]:
-    """All of digits 5-9 as cluttered scenes: (uint8 `N x 32 x 32 x 3`, labels 0..4)."""
+def render_digits(seed: int = GEN_SEED, classes: tuple[int, ...] = DIGITS) -> tuple[np.ndarray, np.ndarray]:
+    """All images of the digits in `classes` (increasing) as cluttered scenes:
+    (uint8 `N x 32 x 32 x 3`, labels 0..len(classes)-1, the position of each digit in `classes`)."""
     from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
 
     data = load_digits()
-    keep = np.isin(data.target, DIGITS)
-    glyphs, labels = data.images[keep], data.target[keep] - DIGITS[0]
+    keep = np.isin(data.target, classes)
+    glyphs, labels = data.images[keep], np.searchsorted(classes, data.target[keep])
     rng = np.random.default_rng(seed)
     images = np.empty((len(glyphs), SIZE, SIZE, 3), dtype=np.uint8)
     for i, glyph in enumerate(glyphs):
@@ -171,11 +178,23 @@ def _split(images: np.ndarray, labels: np.ndarray, n_train: int, n_val: int, see
     return tuple(ImageArray(images[sorted(p)], labels[sorted(p)]) for p in parts)
 
 
+def _digit_classes(cfg: TrainConfig) -> tuple[int, ...]:
+    value = cfg.extra.get("classes", list(DIGITS))
+    if (not isinstance(value, (list, tuple)) or len(value) < 2
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 9 for d in value)
+            or list(value) != sorted(set(value))):
+        raise InputError(f"extra.classes must be a list of at least 2 distinct digits 0-9 in increasing "
+                         f"order, got {value!r}")
+    return tuple(value)
+
+
 def digits(cfg: TrainConfig) -> Splits:
-    images, labels = render_digits(GEN_SEED)
+    classes = _digit_classes(cfg)
+    images, labels = render_digits(GEN_SEED, classes)
     train, val, test = _split(images, labels, extra_int(cfg, "train_per_class", 10),
-                              extra_int(cfg, "val_per_class", 40), GEN_SEED + 1)
-    return Splits(train, val, test, tuple(str(d) for d in DIGITS))
+                              extra_int(cfg, "val_per_class", 40),
+                              GEN_SEED + 1 + extra_int(cfg, "split_seed", 0))
+    return Splits(train, val, test, tuple(str(d) for d in classes))
 
 
 def shapes(cfg: TrainConfig) -> Splits:
