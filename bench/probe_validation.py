@@ -8,7 +8,8 @@ warm-started from the probe's suggestion. Results go to docs/probe.md (by hand, 
 Target (every task): cluttered digits 5-9, 25 train / 25 val images per class, 32 px, test_resnet,
 30 epochs, cosine schedule. Sources (pre-trained once with `python -m trainer`, cached in DIR):
 
-    near  digits 0-4, 12 epochs        (same rendering, other classes)
+    near  shapes, then digits 0-4, 12 epochs each   (the same kind of scenes, other classes;
+                                                     from scratch, cluttered digits barely train)
     far   shapes, 12 epochs            (the demo's source: synthetic shapes and textures)
     weak  shapes, 1 epoch              (the same domain, barely trained)
     none  no training at all           (random weights saved as a checkpoint)
@@ -117,7 +118,7 @@ def pretrain(task: str, out: Path) -> Path:
         return target
     run = out / f"source-{task}"
     if task == "near":  # digits 0-4: `extra.classes` has no trainer flag, so through fit()
-        cmd = [sys.executable, "-c", NEAR_SOURCE, str(run)]
+        cmd = [sys.executable, "-c", NEAR_SOURCE, str(run), str(pretrain("far", out))]
     else:
         cmd = [sys.executable, "-m", "trainer", *SOURCES[task], *PRETRAIN, "--output", str(run)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -126,14 +127,15 @@ def pretrain(task: str, out: Path) -> Path:
     return target
 
 
-# digits 0-4, the same recipe as PRETRAIN
+# digits 0-4 from the far source, the same recipe as PRETRAIN (the classifier re-initialised)
 NEAR_SOURCE = """
 import sys
 from trainer import TrainConfig, fit
-fit(TrainConfig(dataset="digits", extra={"classes": [0, 1, 2, 3, 4], "train_per_class": 120,
+fit(TrainConfig(dataset="digits", extra={"classes": [0, 1, 2, 3, 4], "train_per_class": 150,
                                          "val_per_class": 20},
-                model="test_resnet", img_size=32, epochs=12, lrs=(0.1,), sched="cosine",
-                batch_size=64, weight_decay=5e-4, seed=0, output=sys.argv[1]))
+                model="test_resnet", pretrained_file=sys.argv[2], img_size=32, epochs=12,
+                lrs=(0.1,), sched="cosine", batch_size=64, weight_decay=5e-4, seed=0,
+                output=sys.argv[1]))
 """
 
 
