@@ -122,6 +122,20 @@ def test_report_notebook_and_dashboard_note_read_the_demo(demo) -> None:
     assert "best default" in optuna_dashboard.get_note(study)
 
 
+def test_the_probe_runs_on_the_demo_study_and_status_shows_it(demo) -> None:
+    work, url, _ = demo
+    env = {**os.environ, "HOME": str(work / "home"), "HF_HUB_OFFLINE": "1"}  # its cached source
+    for verb in (["probe", str(STUDY), "--storage", url, "--device", "cpu"],
+                 ["status", str(STUDY), "--storage", url]):
+        out = subprocess.run([sys.executable, "-m", "nbtl_search", *verb], cwd=work, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+    assert "probe (" in out.stdout and "suggests new_layers" in out.stdout
+    table = analysis.probe(url, "demo_digits")
+    assert list(table["layer"]) == [2, 3, 4, 5, 6] and table["probe_acc"].between(0, 100).all()
+    assert analysis.probe_summary(url, "demo_digits")["seconds.scores"] > 0
+
+
 def test_a_copy_of_the_database_alone_gives_every_result(demo, tmp_path) -> None:
     work, url, _ = demo
     copy = tmp_path / "laptop" / "demo.db"

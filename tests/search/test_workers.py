@@ -138,6 +138,7 @@ def _lost_trials(url: str, spec: dict, n: int) -> list[int]:
     return numbers
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")  # our ask() above
 def test_four_workers_recovering_together_requeue_each_lost_trial_once(storage_url: str) -> None:
     spec = fakes.spec_dict(budget={"n_trials": 8})
     lost = _lost_trials(storage_url, spec, 2)
