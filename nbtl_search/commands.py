@@ -111,10 +111,12 @@ def final(args: argparse.Namespace) -> int:
 
 def probe(args: argparse.Namespace) -> int:
     from . import probe as probe_mod
+    from .preflight import preflight
     from .results import ResultStore
     from .views import probe_table, warm_study_yaml
 
     spec, url = study_and_url(args)
+    preflight(spec)  # the data, the checkpoint, and a model with a layer partition to probe
     try:  # read-only: a study that has not run yet has no baseline to take the lr from
         reader = ResultStore(url, create=False)
         lr, lr_from = probe_mod.base_lr(spec, reader)

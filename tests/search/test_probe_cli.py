@@ -102,6 +102,7 @@ def test_the_rule_reinitialises_what_fits_worse_than_below_it() -> None:
     ("fewer images than classes", "more images than classes"),
     ("unknown score", "unknown score(s) bogus"),
     ("source dir without dataset", "--source-data-dir needs --source-dataset"),
+    ("a model without a layer partition", "has no layer partition"),
 ])
 def test_bad_probe_input_is_one_line_and_writes_nothing(case, needle, checkpoint, tmp_path,
                                                         capsys) -> None:
@@ -121,6 +122,10 @@ def test_bad_probe_input_is_one_line_and_writes_nothing(case, needle, checkpoint
     elif case == "source dir without dataset":
         argv += ["--source-data-dir", str(tmp_path)]
     path, _ = _study(tmp_path, ckpt)
+    if case == "a model without a layer partition":  # MetaFormers have no group_matcher
+        data = yaml.safe_load(path.read_text())
+        data["model"]["name"] = "caformer_s18"
+        path.write_text(yaml.safe_dump(data))
     if case == "fewer images than classes":
         data = yaml.safe_load(path.read_text())
         data["dataset"]["extra"] = {"train_per_class": 1}
