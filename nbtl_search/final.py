@@ -16,9 +16,9 @@ happens before anything is written.
 from __future__ import annotations
 
 import multiprocessing as mp
-from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import os
 from dataclasses import dataclass
+from multiprocessing.pool import Pool
 from typing import Any
 
 import optuna
@@ -28,8 +28,8 @@ from trainer import InputError, TrainConfig
 
 from . import edges, selection
 from .axes import axis_values
-from .launcher import cpu_threads
-from .objective import EpochRecorder, failure_reason
+from .launcher import cpu_threads, exit_with_parent
+from .objective import EpochRecorder, failure_reason, stop_on_signals
 from .results import ResultStore, config_hash
 from .roles import DEFAULT, SEARCH
 from .spec import StudySpec
@@ -81,12 +81,18 @@ def check_ready(spec: StudySpec, url: str, opts: FinalOptions) -> None:
 
 
 def run_final(spec: StudySpec, url: str, opts: FinalOptions, console: Console) -> None:
+    """Re-rank, store the ladder, retrain it. On SIGTERM/SIGINT/SIGHUP the training processes are
+    killed and their runs marked failed (a rerun of `final` trains them again)."""
     check_ready(spec, url, opts)
     store = ResultStore(url)
+    # spawn: a fresh interpreter per process (no forked torch state); each dies with this process
+    pool = mp.get_context("spawn").Pool(opts.jobs, initializer=exit_with_parent,
+                                        initargs=(os.getpid(),))
+    unfinished: set[int] = set()
     try:
-        with ProcessPoolExecutor(opts.jobs, mp_context=mp.get_context("spawn")) as pool:
+        with stop_on_signals():
             threads = cpu_threads(opts.jobs) if opts.device == "cpu" else None
-            _run(pool, url, _rerank_jobs(spec, store, opts), threads, console)
+            _run(pool, url, _rerank_jobs(spec, store, opts), threads, console, unfinished)
             runs = store.runs(study=spec.name)
             chosen = {role.name: selection.candidates(runs, role.name, opts.rerank_top_k)
                       for role in (DEFAULT, SEARCH)}
@@ -94,8 +100,16 @@ def run_final(spec: StudySpec, url: str, opts: FinalOptions, console: Console) -
             store.replace_ladder(spec.name, rungs)
             console.print(_selection_text(chosen))
             _run(pool, url, _final_jobs(spec, store, opts, rungs, chosen[SEARCH.name]), threads,
-                 console)
+                 console, unfinished)
+        pool.close()
+    except KeyboardInterrupt:  # Ctrl-C, or Stopped from SIGTERM / SIGHUP
+        pool.terminate()
+        for run_id in unfinished:
+            store.mark_lost(run_id, "final stopped by a signal before this run finished; "
+                                    "rerun `nbtl-search final` to train it")
+        raise
     finally:
+        pool.join()
         store.close()
 
 
@@ -186,15 +200,22 @@ def _selection_text(chosen: dict[str, list[selection.Candidate]]) -> str:
     return "\n".join(lines)
 
 
-def _run(pool: ProcessPoolExecutor, url: str, jobs: Iterable[_Job], threads: int | None,
-         console: Console) -> None:
-    futures = {pool.submit(_train, url, job, threads): job for job in jobs}
-    for future in as_completed(futures):
-        console.print(f"{'final' if futures[future].test else 'rerank'}: {futures[future].what}: "
-                      f"{future.result()}")
+def _run(pool: Pool, url: str, jobs: list[_Job], threads: int | None, console: Console,
+         unfinished: set[int]) -> None:
+    """Train `jobs` in the pool, printing each outcome as it comes; `unfinished` holds the run ids
+    still in flight (what a signal leaves behind)."""
+    unfinished.update(job.run_id for job in jobs)
+    for job, outcome in pool.imap_unordered(_train, [(url, job, threads) for job in jobs]):
+        unfinished.discard(job.run_id)
+        console.print(f"{'final' if job.test else 'rerank'}: {job.what}: {outcome}")
 
 
-def _train(url: str, job: _Job, threads: int | None) -> str:
+def _train(task: tuple[str, _Job, int | None]) -> tuple[_Job, str]:
+    url, job, threads = task
+    return job, _fit(url, job, threads)
+
+
+def _fit(url: str, job: _Job, threads: int | None) -> str:
     """One run in its own process; its outcome is recorded in the run's row either way."""
     import torch
 

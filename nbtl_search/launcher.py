@@ -194,18 +194,19 @@ def _start(spec: StudySpec, url: str, role: Role, slot: Slot, index: int, budget
                                 stdin=subprocess.DEVNULL)
 
 
-def exit_with_parent() -> None:
-    """In a worker that `run` started: get SIGTERM when the launcher dies, however it dies
-    (Linux's PR_SET_PDEATHSIG); elsewhere this is a no-op and `run` stops its workers itself."""
-    parent = os.environ.get(PARENT_ENV)
+def exit_with_parent(parent: int | None = None) -> None:
+    """In a process that `run` (or `final`) started: get SIGTERM when that parent dies, however it
+    dies (Linux's PR_SET_PDEATHSIG); elsewhere a no-op, and the parent stops its children itself.
+    `parent`: its pid (default: $NBTL_PARENT_PID, set by `run` for its workers)."""
+    parent = parent or int(os.environ.get(PARENT_ENV) or 0)
     if not parent or not sys.platform.startswith("linux"):
         return
     import ctypes
 
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
-    if os.getppid() != int(parent):  # the launcher died before the line above
-        raise Stopped("launcher gone")
+    if os.getppid() != parent:  # the parent died before the line above
+        raise Stopped("parent gone")
 
 
 def _table(study: optuna.Study, role: Role, spec: StudySpec, procs: dict[str, subprocess.Popen]) -> Table:

@@ -179,3 +179,59 @@ def test_final_on_one_folder_and_analysis_from_another(pg_url: str, tmp_path: Pa
     report = analysis.write_report(pg_url, "ops", analysis_side / "r.html").read_text()
     assert "Not drawn: study" not in report.split("Search history")[0]  # comparison and ladder drawn
     assert not list(trainer_side.rglob("*.npz"))  # nothing analysis needs was left on that host
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def test_a_signal_to_final_stops_its_training_processes_and_the_rerun_fills_in(
+        sqlite_url: str, tmp_path: Path) -> None:
+    from nbtl_search.roles import DEFAULT, SEARCH
+    from nbtl_search.spec import load_spec
+    from nbtl_search.worker import WorkerOptions, run_worker
+    from tests.search import fakes
+
+    path = tmp_path / "ops.yaml"
+    path.write_text(yaml.safe_dump({**fakes.spec_dict(name="ops", train={"epochs": 40}),
+                                    "storage": sqlite_url}))
+    for role in (DEFAULT, SEARCH):  # the selection comes from fake trials; final trains for real
+        run_worker(load_spec(path), sqlite_url, role, WorkerOptions(device="cpu", index=0),
+                   fit=fakes.fake_fit)
+    cmd = [sys.executable, "-m", "nbtl_search", "final", str(path), "--device", "cpu", "--seeds", "2",
+           "--jobs", "2", "--rerank-top-k", "1", "--rerank-seeds", "0"]
+    store = ResultStore(sqlite_url)
+
+    def training() -> list[dict] | None:
+        busy = [r for r in store.runs(study="ops", role="final")
+                if r["state"] == "running" and store.epochs(r["id"])]
+        return busy if len(busy) == 2 else None
+
+    final = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        busy = _poll(training, "two final runs to be mid-training")
+        children = _children(final.pid)
+        final.send_signal(signal.SIGTERM)  # `final` alone, as a job scheduler does
+        _, err = final.communicate(timeout=60)
+    finally:
+        final.kill()
+    assert final.returncode == 128 + signal.SIGTERM.value, err
+    assert err.strip().splitlines()[-1].startswith("stopped"), err
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert children and not [p for p in children if _alive(p)], "a process outlived `final` by 10 s"
+    runs = {r["id"]: r for r in store.runs(study="ops", role="final")}
+    assert "running" not in {r["state"] for r in runs.values()}
+    assert {runs[r["id"]]["state"] for r in busy} == {"failed"}
+
+    rerun = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    after = store.runs(study="ops", role="final")
+    done = {(r["config_hash"], r["seed"]) for r in after if r["state"] == "complete"}
+    assert {(r["config_hash"], r["seed"]) for r in busy} <= done  # what was stopped was trained again
+    assert {r["state"] for r in after} == {"complete", "failed"}
