@@ -25,7 +25,11 @@ from .roles import DEFAULT, SEARCH
 from .spec import StudySpec, load_spec
 from .storage import masked
 
-DEMO_STUDY = Path(__file__).resolve().parent.parent / "studies" / "demo_digits.yaml"
+_HERE = Path(__file__).resolve().parent
+# studies/ beside the package in a checkout; inside it (nbtl_search/studies) in an installed wheel
+DEMO_STUDY = next((p for p in (_HERE.parent / "studies" / "demo_digits.yaml",
+                               _HERE / "studies" / "demo_digits.yaml") if p.is_file()),
+                  _HERE.parent / "studies" / "demo_digits.yaml")
 WORKERS = 2  # two single-threaded workers use 2 cores better than one with 2 threads
 # The documented pre-training command (README): `python -m trainer` + these flags + `--output DIR`.
 SOURCE_ARGS = ["--dataset", "shapes", "--model", "test_resnet", "--img-size", "32",

@@ -38,21 +38,44 @@ class Stopped(KeyboardInterrupt):
     the trial FAIL before passing it on."""
 
 
+_received: list[str] = []  # the stop signals this process got inside `stop_on_signals`
+
+
+def stop_requested() -> str | None:
+    """The first stop signal received (SIGTERM, SIGHUP, SIGINT), or None."""
+    return _received[0] if _received else None
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise `Stopped` in the main thread (Ctrl-C already raises
-    KeyboardInterrupt), so a worker fails and marks its running trial before it exits, and a
-    launcher stops its workers."""
+    """SIGTERM and SIGHUP raise `Stopped` in the main thread (Ctrl-C raises KeyboardInterrupt),
+    so a worker fails and marks its running trial before it exits, and a launcher stops its
+    workers. A library can catch that exception mid-call and raise its own (psycopg cancels the
+    query, SQLAlchemy and Optuna wrap the error): after a signal, whatever leaves the block is
+    `Stopped`."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread (tests run workers in threads)
         return
+    _received.clear()
 
     def stop(signum: int, _frame: object) -> None:
-        raise Stopped(signal.Signals(signum).name)
+        _received.append(signal.Signals(signum).name)
+        raise Stopped(_received[-1])
 
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    def interrupt(signum: int, frame: object) -> None:
+        _received.append(signal.SIGINT.name)
+        signal.default_int_handler(signum, frame)
+
+    handlers = {signal.SIGTERM: stop, signal.SIGHUP: stop}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not if it is ignored
+        handlers[signal.SIGINT] = interrupt
+    previous = {s: signal.signal(s, handler) for s, handler in handlers.items()}
     try:
         yield
+    except Exception as e:
+        if stop_requested() is None:
+            raise
+        raise Stopped(stop_requested()) from e
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -132,8 +155,9 @@ class Objective:
             pruned = reporter.pruned or result.stop_reason is StopReason.REPORTER
             value = None if pruned else self._value(result)
         except BaseException as e:
-            lost = isinstance(e, (Stopped, KeyboardInterrupt))
-            reason = (f"worker stopped ({type(e).__name__}); re-queued on the next run" if lost
+            lost = isinstance(e, KeyboardInterrupt) or stop_requested() is not None
+            stop = stop_requested() or type(e).__name__
+            reason = (f"worker stopped ({stop}); re-queued on the next run" if lost
                       else failure_reason(e))
             self.last_reason = reason
             trial.set_user_attr(attrs.FAIL_REASON, reason)  # optuna-dashboard shows it
@@ -142,6 +166,8 @@ class Objective:
             if self.last_run_id is not None:
                 self.store.finish_run(self.last_run_id, state="failed", error=reason)
             _free_memory(e)
+            if lost and not isinstance(e, KeyboardInterrupt):  # a stop wrapped by a library
+                raise Stopped(stop_requested()) from e
             raise
         self.last_state = TrialState.PRUNED if pruned else TrialState.COMPLETE
         self.store.finish_run(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import signal
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from nbtl_search.objective import Objective, Stopped
+from nbtl_search.objective import Objective, Stopped, stop_on_signals
 from nbtl_search.queue import is_lost
 from nbtl_search.results import ResultStore
 from nbtl_search.roles import SEARCH
@@ -93,3 +94,33 @@ def test_a_stopped_worker_fails_its_trial_as_lost(sqlite_url: str) -> None:
     assert trial.state == TrialState.FAIL and is_lost(trial)
     (run,) = objective.store.runs(study="s")
     assert run["state"] == "failed" and "worker stopped" in run["error"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_that_a_library_wrapped_is_still_a_stop(sqlite_url: str, sig: signal.Signals) -> None:
+    """A signal can land inside a database call: psycopg cancels the query and SQLAlchemy/Optuna
+    raise their own error instead of Stopped. The trial is still failed as lost, and what leaves
+    the worker's `stop_on_signals` block is Stopped, not an error."""
+    def fit_interrupted_mid_commit(cfg, reporter):
+        try:
+            signal.raise_signal(sig)  # the handler runs here, as it would inside a commit
+        except KeyboardInterrupt as e:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit") from e
+        raise AssertionError("the signal handler did not raise")
+
+    study = _study(sqlite_url)
+    objective = _objective(sqlite_url, lr=0.1, fit=fit_interrupted_mid_commit)
+    with pytest.raises(Stopped, match=sig.name), stop_on_signals():
+        study.optimize(objective, n_trials=1, catch=(Exception,))
+    (trial,) = study.trials
+    assert trial.state == TrialState.FAIL and is_lost(trial)
+    (run,) = objective.store.runs(study="s")
+    assert run["state"] == "failed" and "worker stopped" in run["error"]
+
+    with pytest.raises(Stopped, match="SIGHUP"), stop_on_signals():  # outside a trial too
+        try:
+            signal.raise_signal(signal.SIGHUP)
+        except Stopped as e:
+            raise RuntimeError("wrapped") from e
+    with pytest.raises(RuntimeError), stop_on_signals():  # without a signal an error stays one
+        raise RuntimeError("a plain failure")
