@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(commands, args.verb)(args)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM / SIGHUP (commands.Stopped)
         name = str(e) or "SIGINT"
-        print(f"stopped ({name}): running trials were failed and will be re-queued by the next run",
-              file=sys.stderr)
+        print(f"stopped ({name}): what was running is marked failed; the same command again "
+              "runs it", file=sys.stderr)
         return 128 + getattr(signal.Signals, name, signal.SIGINT).value
     except Exception as e:  # noqa: BLE001 - one line, never a traceback (NBTL_DEBUG=1 shows it)
         if _is_user_error(e, commands.USER_ERRORS):

@@ -33,8 +33,8 @@ FitFn = Callable[..., TrainResult]
 
 
 class Stopped(KeyboardInterrupt):
-    """The worker was asked to stop (SIGTERM, SIGHUP): its trial is failed, marked lost, and the
-    worker exits. A KeyboardInterrupt, so nothing on the way swallows it and Optuna still tells
+    """The process was asked to stop (SIGTERM, SIGHUP; or SIGINT, once a library wrapped its
+    KeyboardInterrupt): a worker's trial is failed, marked lost, and the worker exits. A KeyboardInterrupt, so nothing on the way swallows it and Optuna still tells
     the trial FAIL before passing it on."""
 
 
