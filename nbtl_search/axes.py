@@ -242,6 +242,21 @@ def fields_from_values(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def values_from_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """TrainConfig fields -> axis values, the inverse of `fields_from_values`, in every form a study
+    can search: the per-part rates, and `lr` / `l2sp` as the new / upper part's value."""
+    out = {k: v for k, v in fields.items() if k not in _VECTOR_AXES}
+    parts = {name: tuple(v) * 3 if len(v) == 1 else tuple(v)
+             for name, v in fields.items() if name in _VECTOR_AXES}
+    if "lrs" in parts:
+        out.update(zip(PART_LRS, parts["lrs"]), lr=parts["lrs"][0])
+    if "l2sp_rates" in parts:
+        out.update(zip(PART_L2SP, parts["l2sp_rates"][1:]), l2sp=parts["l2sp_rates"][1])
+    if "l2_rates" in parts:
+        out.update(zip(PART_L2, parts["l2_rates"]))
+    return out
+
+
 def axis_values(axes: dict[str, Axis], params: dict[str, Any]) -> dict[str, Any]:
     """Every axis's value: fixed ones from the study file, the others from the trial's `params`
     (an `allow_zero` axis reads its `<name>_on` switch)."""

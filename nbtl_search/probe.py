@@ -37,10 +37,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from trainer import InputError
 
+from .axes import fields_from_values, values_from_fields
 from .results import ResultStore
+from .sampling import distributions
 from .spec import StudySpec
 
 FIT_SOME = 10.0  # points of linear-probe accuracy that pre-training adds at the kept layer
@@ -75,11 +78,10 @@ def run_probe(spec: StudySpec, *, base_lr: float, scores: tuple[str, ...] = SCOR
         raise InputError("the study's model has no pre-trained weights (model.pretrained or "
                          "model.pretrained_file): there is nothing to probe")
     found = trainer_probe.probe_features(cfg, max_images)
-    if found.source_probs is None and any(s in scores for s in SOURCE_HEAD_SCORES):
-        asked = [s for s in scores if s in SOURCE_HEAD_SCORES]
-        if len(asked) < len(SOURCE_HEAD_SCORES) or scores != SCORES:  # asked for by name
-            raise InputError(f"{', '.join(asked)} need(s) the checkpoint's source head: "
-                             f"{found.source_head}")
+    asked = [s for s in scores if s in SOURCE_HEAD_SCORES]
+    if found.source_probs is None and asked and scores != SCORES:  # asked for by name: refuse
+        raise InputError(f"{', '.join(asked)} need(s) the checkpoint's source head: "
+                         f"{found.source_head}")
     n, classes = len(found.labels), len(np.unique(found.labels))
     if n <= classes or np.bincount(found.labels).min() < 2:
         raise InputError(f"the target's train split has {n} images for {classes} classes: the "
@@ -183,20 +185,17 @@ def stored_suggestion(rows: list[dict[str, Any]]) -> dict[str, float]:
     return {r["score"][len(prefix):]: r["value"] for r in rows if r["score"].startswith(prefix)}
 
 
-def suggestion_params(spec: StudySpec, suggestion: dict[str, Any]) -> dict[str, Any] | None:
-    """The suggestion as Optuna params of the study's search space (values clipped into its
-    ranges, snapped to the nearest choice); None if the space has no axis it could set."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+def suggested_values(suggestion: dict[str, Any]) -> dict[str, Any]:
+    """The suggestion's value for every axis a study may search (`lr` is the new layers' lr)."""
+    return values_from_fields(fields_from_values(suggestion))
 
-    from .sampling import distributions
 
-    values = dict(suggestion)
-    if "lr" in spec.search_space:
-        values["lr"] = suggestion.get("lr_new")
-    if "l2sp" in spec.search_space:
-        values["l2sp"] = suggestion.get("l2sp_upper")
+def suggestion_params(spec: StudySpec, values: dict[str, Any]) -> dict[str, Any] | None:
+    """Axis values (`suggested_values`) as Optuna params of the study's search space (clipped
+    into its ranges, snapped to the nearest choice); None if the space has no axis they set."""
+    dists = distributions(spec)
     params: dict[str, Any] = {}
-    for name, dist in distributions(spec).items():
+    for name, dist in dists.items():
         axis = name[:-3] if name.endswith("_on") else name
         if axis not in values:
             continue
@@ -212,7 +211,6 @@ def suggestion_params(spec: StudySpec, suggestion: dict[str, Any]) -> dict[str, 
                 params[name] = min(numbers, key=lambda c: abs(math.log((c or 1e-12) / (value or 1e-12))))
     if not params:
         return None
-    dists = distributions(spec)
     for name, dist in dists.items():  # every other parameter: its range's middle, or first choice
         if name not in params:
             if isinstance(dist, CategoricalDistribution):

@@ -30,7 +30,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from . import attrs
-from .probe import base_lr, stored_suggestion, suggestion_params
+from .axes import values_from_fields
+from .defaults import binary_transfer
+from .probe import base_lr, stored_suggestion, suggested_values, suggestion_params
 from .results import ResultStore
 from .roles import Role
 from .spec import StudySpec
@@ -112,10 +114,10 @@ def warm_start(spec: StudySpec, store: ResultStore) -> list[tuple[dict[str, Any]
     if not suggestion:
         return []
     lr, _ = base_lr(spec, store)
-    default = {"new_layers": 1, "num_low": 0, "lr_new": lr, "lr_upper": lr, "lr_lower": lr,
-               "l2sp_upper": 0.0, "l2sp_lower": 0.0, "l2_new": 0.0, "l2_upper": 0.0, "l2_lower": 0.0}
+    default = values_from_fields({**binary_transfer(), "lrs": (lr,)})
     out: list[tuple[dict[str, Any], str]] = []
-    for values, label in ((suggestion, "probe suggestion"), (default, "default settings")):
+    for values, label in ((suggested_values(suggestion), "probe suggestion"),
+                          (default, "default settings")):
         params = suggestion_params(spec, values)
         if params is None:
             continue

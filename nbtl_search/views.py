@@ -19,7 +19,7 @@ from .roles import DEFAULT, SEARCH, Role
 from .sampling import fixed_space
 from .spec import StudySpec
 from .knobs import PRUNER_KEYS, SAMPLER_KEYS
-from .probe import stored_suggestion
+from .probe import stored_suggestion, suggested_values
 from .results import ResultStore
 from .storage import StorageError, masked, open_rdb
 
@@ -122,9 +122,7 @@ def probe_table(spec: StudySpec, result, lr_from: str) -> Table:
 def warm_study_yaml(spec: StudySpec, suggestion: dict) -> str:
     """A copy of the study that starts from the suggestion (`probe.enqueue`) with the ranges it
     sets narrowed around it: new_layers +-1, learning and regularisation rates x/÷ 3."""
-    values = dict(suggestion)
-    values.setdefault("lr", suggestion.get("lr_new"))
-    values.setdefault("l2sp", suggestion.get("l2sp_upper"))
+    values = suggested_values(suggestion)
     space = {}
     for name, axis in spec.search_space.items():
         value = values.get(name)

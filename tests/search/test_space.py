@@ -11,6 +11,7 @@ import pytest
 from optuna.trial import FixedTrial
 
 from nbtl_search import defaults
+from nbtl_search.axes import fields_from_values, values_from_fields
 from nbtl_search.checks import SpecError
 from nbtl_search.sampling import (build_pruner, build_sampler, config_from_params, distributions,
                                   fixed_space, suggest_config)
@@ -223,3 +224,21 @@ def test_default_settings_refuse_what_is_not_theirs():
               default_settings={"weight_decay": [0.0, 1e-4]})
     with pytest.raises(SpecError, match=r"default_settings.lr: must be > 0"):
         spec_with(default_settings={"lr": [0.1, 0.0]})
+
+
+@pytest.mark.parametrize("fields", [
+    {"new_layers": 1, "lrs": (0.1,), "l2sp_rates": (0.0,), "l2_rates": (0.0,)},
+    {"new_layers": 3, "lrs": (0.1, 0.01, 0.001), "l2sp_rates": (0.0, 0.1, 0.01),
+     "l2_rates": (0.0, 1e-4, 0.0)},
+])
+def test_axis_values_of_a_config_give_the_config_back(fields: dict) -> None:
+    """values_from_fields inverts fields_from_values: the probe's suggestion and the default
+    settings become a trial of whatever axes a study searches."""
+    values = values_from_fields(fields)
+    per_part = {k: v for k, v in values.items() if k not in ("lr", "l2sp")}
+    expected = {**fields, "lrs": tuple(values[k] for k in ("lr_new", "lr_upper", "lr_lower"))}
+    expected["l2sp_rates"] = (0.0, values["l2sp_upper"], values["l2sp_lower"])
+    expected["l2_rates"] = tuple(values[k] for k in ("l2_new", "l2_upper", "l2_lower"))
+    assert fields_from_values(per_part) == expected
+    assert values["lr"] == values["lr_new"] and values["l2sp"] == values["l2sp_upper"]
+    assert fields_from_values({"lr": values["lr"]})["lrs"] == (fields["lrs"][0],)
