@@ -34,8 +34,9 @@ FitFn = Callable[..., TrainResult]
 
 class Stopped(KeyboardInterrupt):
     """The process was asked to stop (SIGTERM, SIGHUP; or SIGINT, once a library wrapped its
-    KeyboardInterrupt): a worker's trial is failed, marked lost, and the worker exits. A KeyboardInterrupt, so nothing on the way swallows it and Optuna still tells
-    the trial FAIL before passing it on."""
+    KeyboardInterrupt): a worker's trial is failed, marked lost, and the worker exits. A
+    KeyboardInterrupt, so nothing on the way swallows it and Optuna still tells the trial FAIL
+    before passing it on."""
 
 
 _received: list[str] = []  # the stop signals this process got inside `stop_on_signals`

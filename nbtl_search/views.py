@@ -14,13 +14,13 @@ from trainer import InputError
 
 from . import attrs, edges
 from .axes import axis_values
+from .knobs import PRUNER_KEYS, SAMPLER_KEYS
+from .probe import stored_suggestion, suggested_values
 from .queue import grid_coverage, is_lost, lost_reason
+from .results import ResultStore
 from .roles import DEFAULT, SEARCH, Role
 from .sampling import fixed_space
 from .spec import StudySpec
-from .knobs import PRUNER_KEYS, SAMPLER_KEYS
-from .probe import stored_suggestion, suggested_values
-from .results import ResultStore
 from .storage import StorageError, masked, open_rdb
 
 

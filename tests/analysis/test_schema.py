@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from nbtl_search import results
+from nbtl_search import results, schema
 from tests.analysis import db
 
 
 def test_the_hand_made_tables_are_the_real_tables() -> None:
     for name, table in db.metadata.tables.items():
-        real = results.metadata.tables[name]
+        real = schema.metadata.tables[name]
         assert [c.name for c in table.columns] == [c.name for c in real.columns], name
         for ours, theirs in zip(table.columns, real.columns):
             assert ours.nullable == theirs.nullable, f"{name}.{ours.name}"
             assert ours.primary_key == theirs.primary_key, f"{name}.{ours.name}"
-    assert set(db.metadata.tables) == set(results.metadata.tables)
+    assert set(db.metadata.tables) == set(schema.metadata.tables)
 
 
 def test_the_hand_made_hash_ignores_what_the_real_one_ignores() -> None:
@@ -32,4 +32,4 @@ def test_analysis_reads_only_the_tables_the_orchestrator_writes() -> None:
     from analysis import load
 
     for table in (load.RUNS, load.EPOCHS, load.LADDER, load.PREDICTIONS):
-        assert isinstance(results.metadata.tables[table], sa.Table)
+        assert isinstance(schema.metadata.tables[table], sa.Table)
