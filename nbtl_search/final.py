@@ -29,10 +29,11 @@ from trainer import InputError, TrainConfig
 from . import edges, selection
 from .axes import axis_values
 from .launcher import cpu_threads, exit_with_parent
-from .objective import EpochRecorder, failure_reason, stop_on_signals
+from .objective import EpochRecorder, failure_reason
 from .results import ResultStore, config_hash
 from .roles import DEFAULT, SEARCH
 from .spec import StudySpec
+from .stopping import stop_on_signals
 from .storage import open_rdb
 
 

@@ -32,11 +32,11 @@ from rich.table import Table
 
 from . import attrs
 from .claims import StudyLock
-from .objective import Stopped, stop_on_signals
 from .queue import FINISHED, sync
 from .results import ResultStore, ensure_schema
 from .roles import Role
 from .spec import StudySpec
+from .stopping import Stopped, stop_on_signals
 from .storage import open_rdb
 from .worker import GAVE_UP, MAX_FAILURES_IN_A_ROW, prepare_study
 

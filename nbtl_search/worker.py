@@ -20,11 +20,12 @@ from optuna.trial import TrialState
 
 from . import attrs
 from .claims import StudyLock
-from .objective import FitFn, Objective, Stopped, stop_on_signals
+from .objective import FitFn, Objective
 from .queue import Action, next_action, sync
 from .results import ResultStore
 from .roles import Role
 from .spec import StudySpec
+from .stopping import Stopped, stop_on_signals
 from .storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, open_rdb, quiet
 
 MAX_FAILURES_IN_A_ROW = 5

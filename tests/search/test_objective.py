@@ -9,11 +9,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from nbtl_search.objective import Objective, Stopped, stop_on_signals
+from nbtl_search.objective import Objective
 from nbtl_search.queue import is_lost
 from nbtl_search.results import ResultStore
 from nbtl_search.roles import SEARCH
 from nbtl_search.spec import parse_spec
+from nbtl_search.stopping import Stopped, stop_on_signals
 from nbtl_search.storage import open_rdb
 from tests.search import fakes
 
