@@ -67,3 +67,15 @@ def test_a_worker_does_not_load_the_analysis_stack() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=PACKAGE.parent)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_wheel_lists_every_package() -> None:
+    """pyproject lists the packages by hand (studies/ travels as nbtl_search.studies): a new
+    sub-package missing from that list would be left out of a plain `pip install .`."""
+    import tomllib
+
+    root = PACKAGE.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts)
+             for top in ("nbtl_search", "trainer", "analysis") for p in (root / top).rglob("__init__.py")}
+    assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
