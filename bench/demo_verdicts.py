@@ -31,8 +31,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     from rich.console import Console
 
-    from nbtl_search.demo import DEMO_STUDY, ensure_source
-    from nbtl_search.spec import load_spec
+    from nbtl_search.ui.demo import DEMO_STUDY, ensure_source
+    from nbtl_search.study.spec import load_spec
 
     ensure_source(load_spec(DEMO_STUDY), Console())  # pre-trained once: every timed run is warm
     rows = []

@@ -16,12 +16,13 @@ from rich.console import Console
 
 from trainer import InputError
 
-from .checks import SpecError
-from .launcher import STORAGE_ENV, exit_with_parent, launch, log_dir
-from .roles import DEFAULT, ROLES, SEARCH, Role
-from .spec import StudySpec, load_spec
-from .storage import StorageError, check_url, masked
-from .worker import StudyMismatch, WorkerOptions, run_worker
+from nbtl_search.study.checks import SpecError
+from nbtl_search.run.launcher import launch, log_dir
+from nbtl_search.run.processes import STORAGE_ENV, exit_with_parent
+from nbtl_search.study.roles import DEFAULT, ROLES, SEARCH, Role
+from nbtl_search.study.spec import StudySpec, load_spec
+from nbtl_search.store.connection import StorageError, check_url, masked
+from nbtl_search.run.worker import StudyMismatch, WorkerOptions, run_worker
 
 USER_ERRORS: tuple[type[Exception], ...] = (SpecError, StorageError, StudyMismatch, InputError)
 
@@ -51,7 +52,8 @@ def baseline(args: argparse.Namespace) -> int:
 
 
 def _launch(args: argparse.Namespace, role: Role) -> int:
-    from .preflight import preflight, slots_from_args
+    from nbtl_search.run.preflight import preflight
+    from nbtl_search.run.processes import slots_from_args
 
     spec, url = study_and_url(args)
     slots = slots_from_args(args)  # bad --gpus fails here, before anything is written
@@ -71,7 +73,7 @@ def _launch(args: argparse.Namespace, role: Role) -> int:
 def worker(args: argparse.Namespace) -> int:
     from trainer.setup import resolve_device
 
-    from .preflight import preflight
+    from nbtl_search.run.preflight import preflight
 
     exit_with_parent()
     spec, url = study_and_url(args)
@@ -92,7 +94,7 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def final(args: argparse.Namespace) -> int:
-    from .final import FinalOptions, run_final
+    from nbtl_search.final.retrain import FinalOptions, run_final
 
     spec, url = study_and_url(args)
     knobs = spec.final
@@ -110,30 +112,31 @@ def final(args: argparse.Namespace) -> int:
 
 
 def probe(args: argparse.Namespace) -> int:
-    from . import probe as probe_mod
-    from .preflight import preflight
-    from .results import ResultStore
-    from .views import probe_table, warm_study_yaml
+    from nbtl_search.probe import measure, rule
+    from nbtl_search.probe.warm_study import warm_study_yaml
+    from nbtl_search.run.preflight import preflight
+    from nbtl_search.store.results import ResultStore
+    from nbtl_search.ui.probe_table import probe_table
 
     spec, url = study_and_url(args)
     preflight(spec)  # the data, the checkpoint, and a model with a layer partition to probe
     try:  # read-only: a study that has not run yet has no baseline to take the lr from
         reader = ResultStore(url, create=False)
-        lr, lr_from = probe_mod.base_lr(spec, reader)
+        lr, lr_from = rule.base_lr(spec, reader)
         reader.close()
     except StorageError:
-        lr, lr_from = probe_mod.base_lr(spec, None)
-    scores = tuple(s.strip() for s in args.scores.split(",")) if args.scores else probe_mod.SCORES
+        lr, lr_from = rule.base_lr(spec, None)
+    scores = tuple(s.strip() for s in args.scores.split(",")) if args.scores else measure.SCORES
     source = None
     if args.source_dataset:
         source = {"dataset": args.source_dataset, "data_dir": args.source_data_dir, "extra": {}}
     elif args.source_data_dir:
         raise InputError("--source-data-dir needs --source-dataset")
-    result = probe_mod.run_probe(spec, base_lr=lr, scores=scores, source_dataset=source,
+    result = measure.run_probe(spec, base_lr=lr, scores=scores, source_dataset=source,
                                  max_images=args.max_images,
                                  device=args.device or _default_device())
     store = ResultStore(url)  # everything checked and computed: now write
-    store.replace_probe(spec.name, probe_mod.rows(result))
+    store.replace_probe(spec.name, measure.rows(result))
     store.close()
     console.print(probe_table(spec, result, lr_from))
     if args.suggest:
@@ -142,7 +145,7 @@ def probe(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    from .views import status_table
+    from nbtl_search.ui.status import status_table
 
     spec, url = study_and_url(args)
     console.print(status_table(spec, url))
@@ -150,7 +153,7 @@ def status(args: argparse.Namespace) -> int:
 
 
 def best(args: argparse.Namespace) -> int:
-    from .views import best_yaml
+    from nbtl_search.ui.best import best_yaml
 
     spec, url = study_and_url(args)
     sys.stdout.write(best_yaml(spec, url))
@@ -191,7 +194,7 @@ def report(args: argparse.Namespace) -> int:
 def dashboard(args: argparse.Namespace) -> int:
     from optuna_dashboard import run_server
 
-    from .storage import open_rdb
+    from nbtl_search.store.connection import open_rdb
 
     spec, url = study_and_url(args)
     storage = open_rdb(url, heartbeat=False, create=False)
@@ -204,7 +207,7 @@ def dashboard(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
-    from .demo import DEMO_STUDY, run_demo
+    from nbtl_search.ui.demo import DEMO_STUDY, run_demo
 
     spec = load_spec(args.study or DEMO_STUDY)
     url = resolve_url(args.storage, spec.storage)
@@ -223,6 +226,6 @@ def _default_device() -> str:
 
 def _write_note(url: str, spec: StudySpec) -> None:
     """Put the optimal-vs-default summary on the study's optuna-dashboard page."""
-    from .notes import write_note
+    from nbtl_search.ui.dashboard_note import write_note
 
     write_note(url, spec)

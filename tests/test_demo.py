@@ -18,9 +18,9 @@ import pytest
 from nbclient import NotebookClient
 
 import analysis
-from nbtl_search.queue import grid_coverage
-from nbtl_search.results import ResultStore, config_hash
-from nbtl_search.spec import load_spec
+from nbtl_search.run.trial_queue import grid_coverage
+from nbtl_search.store.results import ResultStore, config_hash
+from nbtl_search.study.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "studies" / "demo_digits.yaml"

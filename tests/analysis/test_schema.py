@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from nbtl_search import results, schema
+from nbtl_search.store import results
+from nbtl_search.store import schema
 from tests.analysis import db
 
 

@@ -82,9 +82,9 @@ def worker_process(url: str, spec: dict, index: int, barrier=None, hang_file: st
 
     import optuna
 
-    from nbtl_search.roles import ROLES
-    from nbtl_search.spec import parse_spec
-    from nbtl_search.worker import WorkerOptions, run_worker
+    from nbtl_search.study.roles import ROLES
+    from nbtl_search.study.spec import parse_spec
+    from nbtl_search.run.worker import WorkerOptions, run_worker
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if hang_file:

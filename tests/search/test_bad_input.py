@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from nbtl_search.cli import main
-from nbtl_search.roles import DEFAULT, SEARCH
-from nbtl_search.spec import load_spec
-from nbtl_search.worker import WorkerOptions, run_worker
+from nbtl_search.study.roles import DEFAULT, SEARCH
+from nbtl_search.study.spec import load_spec
+from nbtl_search.run.worker import WorkerOptions, run_worker
 from tests.search import fakes
 
 

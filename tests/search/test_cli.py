@@ -16,11 +16,11 @@ import pytest
 import yaml
 
 from nbtl_search.cli import main
-from nbtl_search.roles import DEFAULT, SEARCH
-from nbtl_search.sampling import config_from_params
-from nbtl_search.spec import load_spec, parse_spec
-from nbtl_search.storage import open_rdb
-from nbtl_search.worker import WorkerOptions, prepare_study, run_worker
+from nbtl_search.study.roles import DEFAULT, SEARCH
+from nbtl_search.study.sampling import config_from_params
+from nbtl_search.study.spec import load_spec, parse_spec
+from nbtl_search.store.connection import open_rdb
+from nbtl_search.run.worker import WorkerOptions, prepare_study, run_worker
 from tests.search import fakes
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)

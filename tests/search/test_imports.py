@@ -1,5 +1,6 @@
-"""The package's import graph: every module imports on its own, and no two modules need each
-other (counting imports inside functions too, so a cycle cannot hide in a late import)."""
+"""The package's import graph: every module imports on its own, no two modules need each other
+(counting imports inside functions too, so a cycle cannot hide in a late import), and the
+sub-packages form layers that only import downwards."""
 
 from __future__ import annotations
 
@@ -10,37 +11,66 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[2] / "nbtl_search"
-MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__main__")
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "nbtl_search"
+# Bottom to top: a module may import its own layer and the layers below it, never one above.
+# study/ and store/ share the bottom floor but do not know each other.
+LAYERS = [("study", "store"), ("probe",), ("run",), ("final",), ("ui",), ("", "cli", "commands")]
+APART = {("study", "store"), ("store", "study")}
+
+
+def _dotted(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = sorted(_dotted(p) for p in PACKAGE.rglob("*.py") if p.stem != "__main__")
+
+
+def _resolve(module: str, node: ast.ImportFrom) -> list[str]:
+    """The nbtl_search modules an ImportFrom names (package `from x import mod` included)."""
+    if node.level:
+        package = module.split(".") if (ROOT / module.replace(".", "/") / "__init__.py").exists() \
+            else module.split(".")[:-1]
+        base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+    else:
+        base = node.module or ""
+    if not base.startswith("nbtl_search"):
+        return []
+    names = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in MODULES]
+    return names or ([base] if base in MODULES else [])
 
 
 def imports_of(module: str) -> set[str]:
     """nbtl_search modules that `module` imports, at any depth of its code."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
-    found = set()
-    for node in ast.walk(tree):
+    path = ROOT / (module.replace(".", "/") + ".py")
+    if not path.exists():
+        path = ROOT / module.replace(".", "/") / "__init__.py"
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
-            if node.level == 1:  # from .x import y / from . import x
-                names = [node.module] if node.module else [a.name for a in node.names]
-            elif node.module and node.module.startswith("nbtl_search"):
-                rest = node.module.split(".")[1:]
-                names = rest[:1] if rest else [a.name for a in node.names]
-            else:
-                continue
-            found.update(n.split(".")[0] for n in names)
+            found.update(_resolve(module, node))
         elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names
-                         if a.name.startswith("nbtl_search."))
-    return found & set(MODULES)
+            found.update(a.name for a in node.names if a.name in MODULES)
+    return found - {module}
+
+
+def layer(module: str) -> tuple[int, str]:
+    """(floor, room): the sub-package (or top-level module) a module lives in, and its floor."""
+    parts = module.split(".")
+    room = parts[1] if len(parts) > 1 else ""
+    return next(i for i, floor in enumerate(LAYERS) if room in floor), room
+
+
+GRAPH = {m: imports_of(m) for m in MODULES}
 
 
 def test_the_import_graph_has_no_cycle() -> None:
-    graph = {m: imports_of(m) for m in MODULES}
     state: dict[str, int] = {}  # 1: on the current path, 2: done
 
     def visit(node: str, path: list[str]) -> None:
         state[node] = 1
-        for nxt in sorted(graph[node]):
+        for nxt in sorted(GRAPH[node]):
             if state.get(nxt) == 1:
                 cycle = path[path.index(nxt):] + [nxt]
                 raise AssertionError(f"import cycle: {' -> '.join(cycle)}")
@@ -51,21 +81,38 @@ def test_the_import_graph_has_no_cycle() -> None:
     for module in MODULES:
         if module not in state:
             visit(module, [module])
-    assert graph["cli"] == {"commands"} and "analysis" not in graph["commands"]
+    assert GRAPH["nbtl_search.cli"] == {"nbtl_search.commands"}
+    assert "analysis" not in GRAPH["nbtl_search.commands"]
+
+
+def test_the_sub_packages_import_only_downwards() -> None:
+    wrong = []
+    for module, deps in GRAPH.items():
+        floor, room = layer(module)
+        for dep in deps:
+            dep_floor, dep_room = layer(dep)
+            if dep_floor > floor or (room, dep_room) in APART:
+                wrong.append(f"{module} ({room or 'top'}) imports {dep} ({dep_room or 'top'})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_sub_package_says_what_it_holds() -> None:
+    for init in PACKAGE.glob("*/__init__.py"):
+        doc = ast.get_docstring(ast.parse(init.read_text()))
+        assert doc and len(doc) > 80, f"{init.relative_to(ROOT)}: a one-paragraph docstring"
 
 
 @pytest.mark.parametrize("module", MODULES)
 def test_each_module_imports_on_its_own(module: str) -> None:
-    done = subprocess.run([sys.executable, "-c", f"import nbtl_search.{module}"],
-                          capture_output=True, text=True, cwd=PACKAGE.parent)
+    done = subprocess.run([sys.executable, "-c", f"import {module}"],
+                          capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_a_worker_does_not_load_the_analysis_stack() -> None:
     code = ("import sys, nbtl_search.commands; bad = [m for m in ('analysis', 'pandas', 'plotly') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=PACKAGE.parent)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -74,8 +121,7 @@ def test_the_wheel_lists_every_package() -> None:
     sub-package missing from that list would be left out of a plain `pip install .`."""
     import tomllib
 
-    root = PACKAGE.parent
-    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {".".join(p.parent.relative_to(root).parts)
-             for top in ("nbtl_search", "trainer", "analysis") for p in (root / top).rglob("__init__.py")}
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts)
+             for top in ("nbtl_search", "trainer", "analysis") for p in (ROOT / top).rglob("__init__.py")}
     assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"

@@ -9,13 +9,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from nbtl_search.objective import Objective
-from nbtl_search.queue import is_lost
-from nbtl_search.results import ResultStore
-from nbtl_search.roles import SEARCH
-from nbtl_search.spec import parse_spec
-from nbtl_search.stopping import Stopped, stop_on_signals
-from nbtl_search.storage import open_rdb
+from nbtl_search.run.objective import Objective
+from nbtl_search.run.trial_queue import is_lost
+from nbtl_search.store.results import ResultStore
+from nbtl_search.study.roles import SEARCH
+from nbtl_search.study.spec import parse_spec
+from nbtl_search.run.signals import Stopped, stop_on_signals
+from nbtl_search.store.connection import open_rdb
 from tests.search import fakes
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)

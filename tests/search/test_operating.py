@@ -16,10 +16,10 @@ import yaml
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
-from nbtl_search import attrs
-from nbtl_search.queue import is_lost
-from nbtl_search.results import ResultStore
-from nbtl_search.storage import open_rdb
+from nbtl_search.store import attrs
+from nbtl_search.run.trial_queue import is_lost
+from nbtl_search.store.results import ResultStore
+from nbtl_search.store.connection import open_rdb
 
 pytestmark = pytest.mark.slow
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -152,9 +152,9 @@ def test_a_password_in_the_url_is_never_shown(pg_url: str, tmp_path: Path) -> No
 def test_final_on_one_folder_and_analysis_from_another(pg_url: str, tmp_path: Path) -> None:
     """Everything analysis needs lives in the database: `final` trains from one working folder,
     the comparison, the ensemble and the report are computed from another."""
-    from nbtl_search.roles import DEFAULT, SEARCH
-    from nbtl_search.spec import load_spec
-    from nbtl_search.worker import WorkerOptions, run_worker
+    from nbtl_search.study.roles import DEFAULT, SEARCH
+    from nbtl_search.study.spec import load_spec
+    from nbtl_search.run.worker import WorkerOptions, run_worker
     from tests.search import fakes
 
     import analysis
@@ -190,9 +190,9 @@ def _children(pid: int) -> list[int]:
 
 def test_a_signal_to_final_stops_its_training_processes_and_the_rerun_fills_in(
         sqlite_url: str, tmp_path: Path) -> None:
-    from nbtl_search.roles import DEFAULT, SEARCH
-    from nbtl_search.spec import load_spec
-    from nbtl_search.worker import WorkerOptions, run_worker
+    from nbtl_search.study.roles import DEFAULT, SEARCH
+    from nbtl_search.study.spec import load_spec
+    from nbtl_search.run.worker import WorkerOptions, run_worker
     from tests.search import fakes
 
     path = tmp_path / "ops.yaml"

@@ -10,12 +10,12 @@ import pytest
 import yaml
 
 import analysis
-from nbtl_search import attrs
+from nbtl_search.store import attrs
 from nbtl_search.cli import main
-from nbtl_search.probe import suggest
-from nbtl_search.roles import SEARCH
-from nbtl_search.spec import load_spec
-from nbtl_search.worker import WorkerOptions, run_worker
+from nbtl_search.probe.rule import suggest
+from nbtl_search.study.roles import SEARCH
+from nbtl_search.study.spec import load_spec
+from nbtl_search.run.worker import WorkerOptions, run_worker
 from tests.search import fakes
 
 

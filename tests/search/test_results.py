@@ -8,7 +8,7 @@ from datetime import timezone
 import pytest
 import sqlalchemy as sa
 
-from nbtl_search.results import ResultStore, config_hash
+from nbtl_search.store.results import ResultStore, config_hash
 from trainer.config import TrainConfig
 
 

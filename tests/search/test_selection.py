@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from nbtl_search import selection
-from nbtl_search.results import config_hash
+from nbtl_search.final import selection
+from nbtl_search.store.results import config_hash
 from trainer.config import TrainConfig
 
 DEFAULT = TrainConfig(dataset="digits", model="test_resnet", lrs=(0.3,), weight_decay=5e-4,

@@ -10,12 +10,12 @@ import optuna
 import pytest
 from optuna.trial import FixedTrial
 
-from nbtl_search import defaults
-from nbtl_search.axes import fields_from_values, values_from_fields
-from nbtl_search.checks import SpecError
-from nbtl_search.sampling import (build_pruner, build_sampler, config_from_params, distributions,
+from nbtl_search.study import default_settings as defaults
+from nbtl_search.study.axes import fields_from_values, values_from_fields
+from nbtl_search.study.checks import SpecError
+from nbtl_search.study.sampling import (build_pruner, build_sampler, config_from_params, distributions,
                                   fixed_space, suggest_config)
-from nbtl_search.spec import parse_spec
+from nbtl_search.study.spec import parse_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from nbtl_search.checks import SpecError
-from nbtl_search.knobs import BudgetSpec, PrunerSpec, SamplerSpec
-from nbtl_search.spec import load_spec, parse_spec
+from nbtl_search.study.checks import SpecError
+from nbtl_search.study.sections import BudgetSpec, PrunerSpec, SamplerSpec
+from nbtl_search.study.spec import load_spec, parse_spec
 from trainer.config import TrainConfig
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"

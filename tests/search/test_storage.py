@@ -9,8 +9,8 @@ import optuna
 import pytest
 import sqlalchemy as sa
 
-from nbtl_search.results import ResultStore, ensure_schema
-from nbtl_search.storage import StorageError, engine_kwargs, masked, open_rdb
+from nbtl_search.store.results import ResultStore, ensure_schema
+from nbtl_search.store.connection import StorageError, engine_kwargs, masked, open_rdb
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

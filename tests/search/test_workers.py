@@ -16,14 +16,14 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from nbtl_search import attrs
-from nbtl_search.queue import MAX_RETRIES, grid_coverage, is_lost
-from nbtl_search.results import ResultStore
-from nbtl_search.roles import DEFAULT, SEARCH
-from nbtl_search.sampling import distributions, suggest
-from nbtl_search.spec import parse_spec
-from nbtl_search.storage import fail_stale_trials, open_rdb
-from nbtl_search.worker import GAVE_UP, MAX_FAILURES_IN_A_ROW, WorkerOptions, prepare_study, run_worker
+from nbtl_search.store import attrs
+from nbtl_search.run.trial_queue import MAX_RETRIES, grid_coverage, is_lost
+from nbtl_search.store.results import ResultStore
+from nbtl_search.study.roles import DEFAULT, SEARCH
+from nbtl_search.study.sampling import distributions, suggest
+from nbtl_search.study.spec import parse_spec
+from nbtl_search.store.connection import fail_stale_trials, open_rdb
+from nbtl_search.run.worker import GAVE_UP, MAX_FAILURES_IN_A_ROW, WorkerOptions, prepare_study, run_worker
 from tests.search import fakes
 from tests.trainer.trees import make_imagefolder
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from trainer.config import TRANSFER_ROLES, fields_with_role
 
-from .results import HASH_EXCLUDED
+from nbtl_search.store.results import HASH_EXCLUDED
 
 RUNG_NAMES = {"layers": "+ layers", "lrs": "+ learning rates", "regularisation": "+ regularisation"}
 DEFAULT_RUNG, OPTIMAL_RUNG = "default", "optimal"

@@ -17,7 +17,7 @@ from optuna.distributions import (BaseDistribution, CategoricalDistribution, Flo
 
 from trainer.config import TrainConfig
 
-from . import defaults
+from . import default_settings as defaults
 from .axes import axis_values, grid_space
 from .checks import SpecError
 from .spec import StudySpec

@@ -25,7 +25,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
-from .storage import engine_kwargs
+from .connection import engine_kwargs
 
 _MEMORY_LOCK = threading.Lock()  # an in-memory SQLite study lives in one process
 

@@ -30,44 +30,19 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from . import attrs
-from .claims import StudyLock
-from .queue import FINISHED, sync
-from .results import ResultStore, ensure_schema
-from .roles import Role
-from .spec import StudySpec
-from .stopping import Stopped, stop_on_signals
-from .storage import open_rdb
+from nbtl_search.store import attrs
+from nbtl_search.store.lock import StudyLock
+from .trial_queue import FINISHED, sync
+from nbtl_search.store.results import ResultStore, ensure_schema
+from nbtl_search.study.roles import Role
+from nbtl_search.study.spec import StudySpec
+from .processes import PARENT_ENV, STORAGE_ENV, Slot
+from .signals import stop_on_signals
+from nbtl_search.store.connection import open_rdb
 from .worker import GAVE_UP, MAX_FAILURES_IN_A_ROW, prepare_study
 
 MAX_RESTARTS = 3  # per slot: a worker that keeps crashing is a bug to look at, not to loop on
 STOP_GRACE_S = 15  # after SIGTERM, how long a worker may take to fail its trial and exit
-STORAGE_ENV = "NBTL_STORAGE"  # how a worker receives the storage URL (and its password)
-PARENT_ENV = "NBTL_PARENT_PID"  # a worker started by `run` exits when this process is gone
-
-
-@dataclass(frozen=True)
-class Slot:
-    name: str  # shown in the display and the log file name
-    device: str  # device inside the worker: "cuda" (one visible GPU) or "cpu"
-    env: dict[str, str]
-    threads: int | None = None
-
-
-def cpu_threads(jobs: int) -> int:
-    """Torch threads for each of `jobs` CPU processes sharing this machine."""
-    return max(1, (os.cpu_count() or 1) // jobs)
-
-
-def gpu_slots(gpus: list[int], per_gpu: int) -> list[Slot]:
-    return [Slot(f"gpu{g}.{k}", "cuda", {"CUDA_VISIBLE_DEVICES": str(g)})
-            for g in gpus for k in range(per_gpu)]
-
-
-def cpu_slots(workers: int) -> list[Slot]:
-    threads = cpu_threads(workers)
-    env = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads)}
-    return [Slot(f"cpu{k}", "cpu", env, threads) for k in range(workers)]
 
 
 def log_dir(spec: StudySpec, role: Role) -> Path:
@@ -192,21 +167,6 @@ def _start(spec: StudySpec, url: str, role: Role, slot: Slot, index: int, budget
     with open(logs / f"{slot.name}.log", "ab") as log:  # the child keeps its own copy
         return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
-
-
-def exit_with_parent(parent: int | None = None) -> None:
-    """In a process that `run` (or `final`) started: get SIGTERM when that parent dies, however it
-    dies (Linux's PR_SET_PDEATHSIG); elsewhere a no-op, and the parent stops its children itself.
-    `parent`: its pid (default: $NBTL_PARENT_PID, set by `run` for its workers)."""
-    parent = parent or int(os.environ.get(PARENT_ENV) or 0)
-    if not parent or not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before the line above
-        raise Stopped("parent gone")
 
 
 def _table(study: optuna.Study, role: Role, spec: StudySpec, procs: dict[str, subprocess.Popen]) -> Table:

@@ -19,12 +19,12 @@ from optuna.trial import TrialState
 
 from trainer import Decision, EpochMetrics, StopReason, TrainResult
 
-from . import attrs
-from .results import ResultStore
-from .roles import Role
-from .sampling import suggest
-from .spec import StudySpec
-from .stopping import Stopped, stop_requested
+from nbtl_search.store import attrs
+from nbtl_search.store.results import ResultStore
+from nbtl_search.study.roles import Role
+from nbtl_search.study.sampling import suggest
+from nbtl_search.study.spec import StudySpec
+from .signals import Stopped, stop_requested
 
 FitFn = Callable[..., TrainResult]
 

@@ -1,38 +1,14 @@
-"""Checks that run before a study writes anything: slots, data layout, layer ranges vs the model."""
+"""Checks that run before a study writes anything: data layout, layer ranges vs the model."""
 
 from __future__ import annotations
 
-import argparse
 import os
 from typing import Any
 
 from trainer import InputError
 
-from .launcher import Slot, cpu_slots, gpu_slots
-from .checks import SpecError
-from .spec import StudySpec
-
-
-def slots_from_args(args: argparse.Namespace) -> list[Slot]:
-    device = args.device
-    if device is None:
-        device = "cuda" if args.gpus or _gpu_count() else "cpu"
-    if device == "cpu":
-        if args.gpus:
-            raise InputError("--gpus needs --device cuda (or no --device)")
-        return cpu_slots(args.workers or 1)
-    available = _gpu_count()
-    if available == 0:
-        raise InputError("--device cuda, but no GPU is visible here; use --device cpu --workers N")
-    try:
-        gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else list(range(available))
-    except ValueError:
-        raise InputError(f"--gpus takes comma-separated GPU indices, got {args.gpus!r}") from None
-    missing = [g for g in gpus if not 0 <= g < available]
-    if missing:
-        raise InputError(f"--gpus names GPU {missing[0]}, but only {available} GPU(s) exist "
-                         f"(0..{available - 1})")
-    return gpu_slots(gpus, args.per_gpu)
+from nbtl_search.study.checks import SpecError
+from nbtl_search.study.spec import StudySpec
 
 
 def preflight(spec: StudySpec) -> None:
@@ -71,9 +47,3 @@ def _high(axis: Any, default: int) -> int:
     if choices:
         return int(max(c for c in choices if c is not None))
     return int(axis)
-
-
-def _gpu_count() -> int:
-    import torch
-
-    return torch.cuda.device_count()

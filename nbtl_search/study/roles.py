@@ -12,7 +12,9 @@ from optuna.distributions import BaseDistribution
 
 from trainer.config import TrainConfig
 
-from . import axes, defaults, sampling
+from . import axes
+from . import default_settings as defaults
+from . import sampling
 from .spec import StudySpec
 
 

@@ -26,15 +26,16 @@ from rich.console import Console
 
 from trainer import InputError, TrainConfig
 
-from . import edges, selection
-from .axes import axis_values
-from .launcher import cpu_threads, exit_with_parent
-from .objective import EpochRecorder, failure_reason
-from .results import ResultStore, config_hash
-from .roles import DEFAULT, SEARCH
-from .spec import StudySpec
-from .stopping import stop_on_signals
-from .storage import open_rdb
+from nbtl_search.study import edges
+from . import selection
+from nbtl_search.study.axes import axis_values
+from nbtl_search.run.processes import cpu_threads, exit_with_parent
+from nbtl_search.run.objective import EpochRecorder, failure_reason
+from nbtl_search.store.results import ResultStore, config_hash
+from nbtl_search.study.roles import DEFAULT, SEARCH
+from nbtl_search.study.spec import StudySpec
+from nbtl_search.run.signals import stop_on_signals
+from nbtl_search.store.connection import open_rdb
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from .schema import (
     FINAL_OF, ROLES, RUN_STATES, create_tables, epochs_table, ladder_table,
     predictions_table, probe_table, runs_table,
 )  # fmt: skip
-from .storage import (
+from .connection import (
     StorageError, check_url, describe, enable_wal, engine_kwargs, open_rdb, require_tables,
 )  # fmt: skip
 

@@ -26,9 +26,9 @@ import yaml
 from trainer.config import InputError, TrainConfig, fields_with_role
 
 from . import axes as axes_mod
-from . import defaults as defaults_mod
+from . import default_settings as defaults_mod
 from .checks import FIELD_HINTS, SpecError, check_keys, check_type, describe, expand, mapping
-from .knobs import (BudgetSpec, FinalSpec, ObjectiveSpec, ProbeSpec, PrunerSpec, SamplerSpec,
+from .sections import (BudgetSpec, FinalSpec, ObjectiveSpec, ProbeSpec, PrunerSpec, SamplerSpec,
                     parse_knobs)
 
 # Section key -> TrainConfig field, for the two sections that describe what is trained.

@@ -29,14 +29,14 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from . import attrs
-from .axes import values_from_fields
-from .defaults import binary_transfer
-from .probe import base_lr, stored_suggestion, suggested_values, suggestion_params
-from .results import ResultStore
-from .roles import Role
-from .spec import StudySpec
-from .storage import fail_stale_trials
+from nbtl_search.store import attrs
+from nbtl_search.study.axes import values_from_fields
+from nbtl_search.study.default_settings import binary_transfer
+from nbtl_search.probe.rule import base_lr, stored_suggestion, suggested_values, suggestion_params
+from nbtl_search.store.results import ResultStore
+from nbtl_search.study.roles import Role
+from nbtl_search.study.spec import StudySpec
+from nbtl_search.store.connection import fail_stale_trials
 
 MAX_RETRIES = 3  # re-queued copies per original trial
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # failed trials never use up the budget

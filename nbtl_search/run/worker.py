@@ -18,15 +18,15 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
-from . import attrs
-from .claims import StudyLock
+from nbtl_search.store import attrs
+from nbtl_search.store.lock import StudyLock
 from .objective import FitFn, Objective
-from .queue import Action, next_action, sync
-from .results import ResultStore
-from .roles import Role
-from .spec import StudySpec
-from .stopping import Stopped, stop_on_signals
-from .storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, open_rdb, quiet
+from .trial_queue import Action, next_action, sync
+from nbtl_search.store.results import ResultStore
+from nbtl_search.study.roles import Role
+from nbtl_search.study.spec import StudySpec
+from .signals import Stopped, stop_on_signals
+from nbtl_search.store.connection import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, open_rdb, quiet
 
 MAX_FAILURES_IN_A_ROW = 5
 WAIT_POLL_S = 2  # while the last trials run elsewhere: how often an idle worker looks again

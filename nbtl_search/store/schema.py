@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 
 import sqlalchemy as sa
 
-from .storage import is_schema_race
+from .connection import is_schema_race
 
 RUN_STATES = ("running", "complete", "pruned", "failed")
 ROLES = ("search", "default", "rerank", "final")

@@ -19,17 +19,18 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-from .final import FinalOptions, run_final
-from .launcher import cpu_slots, launch, log_dir
-from .roles import DEFAULT, SEARCH
-from .spec import StudySpec, load_spec
-from .storage import masked
+from nbtl_search.final.retrain import FinalOptions, run_final
+from nbtl_search.run.launcher import launch, log_dir
+from nbtl_search.run.processes import cpu_slots
+from nbtl_search.study.roles import DEFAULT, SEARCH
+from nbtl_search.study.spec import StudySpec, load_spec
+from nbtl_search.store.connection import masked
 
-_HERE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parents[1]  # nbtl_search/
 # studies/ beside the package in a checkout; inside it (nbtl_search/studies) in an installed wheel
-DEMO_STUDY = next((p for p in (_HERE.parent / "studies" / "demo_digits.yaml",
-                               _HERE / "studies" / "demo_digits.yaml") if p.is_file()),
-                  _HERE.parent / "studies" / "demo_digits.yaml")
+DEMO_STUDY = next((p for p in (_PACKAGE.parent / "studies" / "demo_digits.yaml",
+                               _PACKAGE / "studies" / "demo_digits.yaml") if p.is_file()),
+                  _PACKAGE.parent / "studies" / "demo_digits.yaml")
 WORKERS = 2  # two single-threaded workers use 2 cores better than one with 2 threads
 # The documented pre-training command (README): `python -m trainer` + these flags + `--output DIR`.
 SOURCE_ARGS = ["--dataset", "shapes", "--model", "test_resnet", "--img-size", "32",
@@ -76,7 +77,7 @@ def seeded_study(spec: StudySpec, seed: int) -> StudySpec:
 def run_demo(spec: StudySpec, url: str, console: Console, seed: int = 0) -> int:
     import analysis
 
-    from .notes import write_note
+    from .dashboard_note import write_note
 
     t0 = time.perf_counter()
     ensure_source(spec, console)
