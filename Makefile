@@ -5,7 +5,7 @@ PY    := $(VENV)/bin/python
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test bench clean constraints
+.PHONY: demo test lint format bench clean constraints
 
 $(VENV)/.installed: pyproject.toml .ci/constraints.txt
 	python3 -m venv $(VENV)
@@ -17,8 +17,16 @@ $(VENV)/.installed: pyproject.toml .ci/constraints.txt
 demo: $(VENV)/.installed
 	$(VENV)/bin/nbtl-search demo
 
-test: $(VENV)/.installed
+test: lint
 	$(PY) -m pytest
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 bench: $(VENV)/.installed
 	$(PY) bench/cpu.py

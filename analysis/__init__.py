@@ -11,9 +11,9 @@ imports `trainer` or `nbtl_search`.
 """
 
 from analysis import figures, report, stats
-from analysis.probe import probe, probe_summary
 from analysis.compare import compare, ensemble_accuracy, ladder
 from analysis.load import AnalysisError, AnalysisWarning, epochs, runs, studies
+from analysis.probe import probe, probe_summary
 from analysis.report import summary_markdown, write_report
 
 __all__ = [

@@ -20,8 +20,17 @@ import numpy as np
 import pandas as pd
 
 from analysis import stats
-from analysis.load import (LADDER, NOT_SETTINGS, AnalysisError, AnalysisWarning, parse_json,
-                           predictions, read_table, runs, sqlite_path)
+from analysis.load import (
+    LADDER,
+    NOT_SETTINGS,
+    AnalysisError,
+    AnalysisWarning,
+    parse_json,
+    predictions,
+    read_table,
+    runs,
+    sqlite_path,
+)
 
 ENSEMBLE = "ensemble"
 _PER_PART = ("lrs", "l2sp_rates", "l2_rates")
@@ -42,19 +51,29 @@ def compare(url: str, study: str) -> pd.DataFrame:
     """
     df = runs(url, study)
     chosen = _chosen(url, study, df)
-    row: dict[str, Any] = {"study": study, "dataset": chosen["optimal"]["run"]["dataset"],
-                           "model": chosen["optimal"]["run"]["model"]}
+    row: dict[str, Any] = {
+        "study": study,
+        "dataset": chosen["optimal"]["run"]["dataset"],
+        "model": chosen["optimal"]["run"]["model"],
+    }
     finals = {}
     for side in ("default", "optimal"):
         c = chosen[side]
         finals[side] = finals_of(df, c["config_hash"])
         mean, sd, n = seed_stats(finals[side])
-        row |= {f"{side}_run_id": int(c["run"]["id"]), f"{side}_val_top1": float(c["run"]["val_top1"]),
-                f"{side}_val_mean": c["val_mean"], f"{side}_val_n": c["val_n"],
-                f"{side}_test_mean": mean, f"{side}_test_sd": sd, f"{side}_n_seeds": n}
+        row |= {
+            f"{side}_run_id": int(c["run"]["id"]),
+            f"{side}_val_top1": float(c["run"]["val_top1"]),
+            f"{side}_val_mean": c["val_mean"],
+            f"{side}_val_n": c["val_n"],
+            f"{side}_test_mean": mean,
+            f"{side}_test_sd": sd,
+            f"{side}_n_seeds": n,
+        }
     row["difference"] = row["optimal_test_mean"] - row["default_test_mean"]
-    welch, row["ci_df"] = stats.welch_interval(finals["optimal"]["test_top1"].astype(float),
-                                               finals["default"]["test_top1"].astype(float))
+    welch, row["ci_df"] = stats.welch_interval(
+        finals["optimal"]["test_top1"].astype(float), finals["default"]["test_top1"].astype(float)
+    )
     row["ci_low"], row["ci_high"] = welch.low, welch.high
     boot, row["test_images"] = _bootstrap(url, df, finals["optimal"], finals["default"])
     row["bootstrap_low"], row["bootstrap_high"] = boot.low, boot.high
@@ -62,10 +81,13 @@ def compare(url: str, study: str) -> pd.DataFrame:
         row["verdict"] = "not tested yet"
     else:
         row["verdict"] = {1: "gain", -1: "loss", 0: "no clear difference"}[
-            stats.verdict_sign(welch, boot)]
+            stats.verdict_sign(welch, boot)
+        ]
     row["val_difference"] = row["optimal_val_top1"] - row["default_val_top1"]
-    row["differences"] = differences(parse_json(chosen["default"]["run"]["config"]) or {},
-                                     parse_json(chosen["optimal"]["run"]["config"]) or {})
+    row["differences"] = differences(
+        parse_json(chosen["default"]["run"]["config"]) or {},
+        parse_json(chosen["optimal"]["run"]["config"]) or {},
+    )
     row["notes"] = "; ".join(chosen["default"]["notes"] + chosen["optimal"]["notes"])
     row["ensemble_test_top1"], row["ensemble_size"] = _ensemble_or_nan(url, df)
     return pd.DataFrame([row])
@@ -82,26 +104,52 @@ def ladder(url: str, study: str, reference: dict[str, float] | None = None) -> p
     df = runs(url, study)
     rungs = read_table(url, LADDER, study)
     if rungs.empty:
-        raise AnalysisError(f"study {study!r} has no ladder yet: run `nbtl-search final STUDY.yaml`")
+        raise AnalysisError(
+            f"study {study!r} has no ladder yet: run `nbtl-search final STUDY.yaml`"
+        )
     rows = []
     for _, rung in rungs.sort_values("position").iterrows():
         mean, sd, n = seed_stats(finals_of(df, rung["config_hash"]))
-        rows.append({"rung": rung["rung"], "adds": rung["adds"], "config_hash": rung["config_hash"],
-                     "val_mean": _float(rung["val_mean"]), "test_mean": mean, "test_sd": sd,
-                     "n_seeds": n})
+        rows.append(
+            {
+                "rung": rung["rung"],
+                "adds": rung["adds"],
+                "config_hash": rung["config_hash"],
+                "val_mean": _float(rung["val_mean"]),
+                "test_mean": mean,
+                "test_sd": sd,
+                "n_seeds": n,
+            }
+        )
     acc, k = _ensemble_or_nan(url, df)
-    rows.append({"rung": ENSEMBLE, "adds": f"averaged softmax of {k} final models",
-                 "config_hash": None, "val_mean": math.nan, "test_mean": acc, "test_sd": math.nan,
-                 "n_seeds": k})
+    rows.append(
+        {
+            "rung": ENSEMBLE,
+            "adds": f"averaged softmax of {k} final models",
+            "config_hash": None,
+            "val_mean": math.nan,
+            "test_mean": acc,
+            "test_sd": math.nan,
+            "n_seeds": k,
+        }
+    )
     names = {r["rung"] for r in rows}
     for name, value in (reference or {}).items():
         if name in names:
             raise AnalysisError(f"reference name {name!r} is a rung's name; pick another")
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise AnalysisError(f"reference {name!r} must be a top-1 % number, got {value!r}")
-        rows.append({"rung": str(name), "adds": "reference", "config_hash": None,
-                     "val_mean": math.nan, "test_mean": float(value), "test_sd": math.nan,
-                     "n_seeds": 0})
+        rows.append(
+            {
+                "rung": str(name),
+                "adds": "reference",
+                "config_hash": None,
+                "val_mean": math.nan,
+                "test_mean": float(value),
+                "test_sd": math.nan,
+                "n_seeds": 0,
+            }
+        )
     out = pd.DataFrame(rows)
     return out.astype({"n_seeds": int, "val_mean": float, "test_mean": float, "test_sd": float})
 
@@ -120,16 +168,19 @@ def ensemble_accuracy(url: str, study: str, top_k: int) -> float:
     members = ensemble_members(df)
     probs = _member_predictions(url, members.head(top_k))
     if not probs:
-        raise AnalysisError(f"study {study!r} has no complete final runs with saved test "
-                            "predictions yet: run `nbtl-search final STUDY.yaml` first")
+        raise AnalysisError(
+            f"study {study!r} has no complete final runs with saved test "
+            "predictions yet: run `nbtl-search final STUDY.yaml` first"
+        )
     return _ensemble(probs)
 
 
 def ensemble_members(df: pd.DataFrame) -> pd.DataFrame:
     """Complete final runs of search configs, best first (see `ensemble_accuracy`). The default's
     and the intermediate rungs' retrainings are not members."""
-    finals = df[(df["role"] == "final") & (df["state"] == "complete")
-                & (df["final_of"] == "search")].copy()
+    finals = df[
+        (df["role"] == "final") & (df["state"] == "complete") & (df["final_of"] == "search")
+    ].copy()
     source_val = df.set_index("id")["val_top1"]
     finals["_source_val"] = finals["source_run_id"].map(source_val)
     return finals.sort_values(["_source_val", "id"], ascending=[False, True], na_position="last")
@@ -137,8 +188,12 @@ def ensemble_members(df: pd.DataFrame) -> pd.DataFrame:
 
 def finals_of(df: pd.DataFrame, config_hash: str) -> pd.DataFrame:
     """Complete final runs with a test score that retrained the config with this hash."""
-    return df[(df["role"] == "final") & (df["state"] == "complete") & df["test_top1"].notna()
-              & (df["config_hash"] == config_hash)].sort_values("id")
+    return df[
+        (df["role"] == "final")
+        & (df["state"] == "complete")
+        & df["test_top1"].notna()
+        & (df["config_hash"] == config_hash)
+    ].sort_values("id")
 
 
 def seed_stats(finals: pd.DataFrame) -> tuple[float, float, int]:
@@ -149,7 +204,7 @@ def seed_stats(finals: pd.DataFrame) -> tuple[float, float, int]:
 
 
 def differences(before: dict[str, Any], after: dict[str, Any]) -> str:
-    """"key: a -> b" for each training setting that differs, "; "-joined ("" if none)."""
+    """ "key: a -> b" for each training setting that differs, "; "-joined ("" if none)."""
     out = []
     for key in sorted((set(before) | set(after)) - NOT_SETTINGS):
         a, b = before.get(key), after.get(key)
@@ -168,22 +223,35 @@ def _chosen(url: str, study: str, df: pd.DataFrame) -> dict[str, dict[str, Any]]
         for side, rung in (("default", rungs.iloc[0]), ("optimal", rungs.iloc[-1])):
             source = rung["source_run_id"]
             if pd.isna(source) or int(source) not in by_id.index:
-                raise AnalysisError(f"ladder of {study!r}: the {side} rung names run {source}, "
-                                    "which is not in nbtl_runs")
-            out[side] = {"run": by_id.loc[int(source)], "config_hash": rung["config_hash"],
-                         "val_mean": _float(rung["val_mean"]),
-                         "val_n": 0 if pd.isna(rung["val_n"]) else int(rung["val_n"]),
-                         "notes": list(parse_json(rung["notes"]) or [])}
+                raise AnalysisError(
+                    f"ladder of {study!r}: the {side} rung names run {source}, "
+                    "which is not in nbtl_runs"
+                )
+            out[side] = {
+                "run": by_id.loc[int(source)],
+                "config_hash": rung["config_hash"],
+                "val_mean": _float(rung["val_mean"]),
+                "val_n": 0 if pd.isna(rung["val_n"]) else int(rung["val_n"]),
+                "notes": list(parse_json(rung["notes"]) or []),
+            }
         return out
     out = {}
     for side, role, verb in (("default", "default", "baseline"), ("optimal", "search", "run")):
-        best = _best(df[(df["role"] == role) & (df["state"] == "complete") & df["val_top1"].notna()])
+        best = _best(
+            df[(df["role"] == role) & (df["state"] == "complete") & df["val_top1"].notna()]
+        )
         if best is None:
             what = "default baseline" if role == "default" else "complete search runs"
-            raise AnalysisError(f"study {study!r} has no {what} yet: run `nbtl-search {verb} "
-                                "STUDY.yaml`")
-        out[side] = {"run": best, "config_hash": best["config_hash"],
-                     "val_mean": float(best["val_top1"]), "val_n": 1, "notes": []}
+            raise AnalysisError(
+                f"study {study!r} has no {what} yet: run `nbtl-search {verb} STUDY.yaml`"
+            )
+        out[side] = {
+            "run": best,
+            "config_hash": best["config_hash"],
+            "val_mean": float(best["val_top1"]),
+            "val_n": 1,
+            "notes": [],
+        }
     return out
 
 
@@ -193,8 +261,9 @@ def _best(df: pd.DataFrame) -> pd.Series | None:
     return df.sort_values(["val_top1", "id"], ascending=[False, True]).iloc[0]
 
 
-def _bootstrap(url: str, df: pd.DataFrame, optimal: pd.DataFrame,
-               default: pd.DataFrame) -> tuple[stats.Interval, int]:
+def _bootstrap(
+    url: str, df: pd.DataFrame, optimal: pd.DataFrame, default: pd.DataFrame
+) -> tuple[stats.Interval, int]:
     """The paired bootstrap interval, or no interval when some final run's predictions are
     missing (then only the Welch interval decides)."""
     wanted = list(optimal["id"]) + list(default["id"])
@@ -210,7 +279,9 @@ def _bootstrap(url: str, df: pd.DataFrame, optimal: pd.DataFrame,
     return stats.paired_bootstrap_interval(a, b), len(labels)
 
 
-def _member_predictions(url: str, members: pd.DataFrame) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+def _member_predictions(
+    url: str, members: pd.DataFrame
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Predictions of `members` from the database; runs of databases written before predictions
     were stored there fall back to their `.npz` file (relative to the SQLite file's folder). A
     run with neither is left out with a warning: only what needs it (the ensemble, the bootstrap
@@ -227,9 +298,12 @@ def _member_predictions(url: str, members: pd.DataFrame) -> dict[int, tuple[np.n
                 found[int(run_id)] = (npz["probs"].astype(np.float64), npz["labels"])
     missing = sorted(int(i) for i in members["id"] if int(i) not in found)
     if missing:
-        warnings.warn(f"final run(s) {', '.join(map(str, missing))} have no stored test "
-                      "predictions: left out of the ensemble and the bootstrap interval",
-                      AnalysisWarning, stacklevel=3)
+        warnings.warn(
+            f"final run(s) {', '.join(map(str, missing))} have no stored test "
+            "predictions: left out of the ensemble and the bootstrap interval",
+            AnalysisWarning,
+            stacklevel=3,
+        )
     return found
 
 
@@ -239,8 +313,10 @@ def _ensemble(probs: dict[int, tuple[np.ndarray, np.ndarray]]) -> float:
         if total is None:
             total, labels = np.zeros_like(p), y
         elif p.shape != total.shape or not np.array_equal(y, labels):
-            raise AnalysisError(f"final run {run_id}: its predictions are not over the same test "
-                                "set as the other members' (labels or shape differ)")
+            raise AnalysisError(
+                f"final run {run_id}: its predictions are not over the same test "
+                "set as the other members' (labels or shape differ)"
+            )
         total += p
     return float(100.0 * np.mean(total.argmax(axis=1) == labels))
 

@@ -34,16 +34,37 @@ EPOCHS = "nbtl_epochs"
 LADDER = "nbtl_ladder"
 PREDICTIONS = "nbtl_predictions"
 LR_COLUMNS = ("lr_new", "lr_upper", "lr_lower")
-AXES = ("new_layers", "num_low", *LR_COLUMNS, "l2sp_upper", "l2sp_lower", "l2_new", "l2_upper",
-        "l2_lower")
+AXES = (
+    "new_layers",
+    "num_low",
+    *LR_COLUMNS,
+    "l2sp_upper",
+    "l2sp_lower",
+    "l2_new",
+    "l2_upper",
+    "l2_lower",
+)
 # Config keys that say where or how a run executed, or on which split, not what it trained:
 # never "a setting that differs". Our own copy of the orchestrator's rule (the field roles
 # location, seed, execution, evaluation and test in trainer/config.py); a test checks they agree.
-NOT_SETTINGS = frozenset({
-    "data_dir", "train_split", "channels_last", "seed", "device", "workers", "image_cache",
-    "output", "eval_test", "save_test_predictions", "checkpoint", "resume",
-    "limit_train_batches", "limit_eval_batches",
-})  # fmt: skip
+NOT_SETTINGS = frozenset(
+    {
+        "data_dir",
+        "train_split",
+        "channels_last",
+        "seed",
+        "device",
+        "workers",
+        "image_cache",
+        "output",
+        "eval_test",
+        "save_test_predictions",
+        "checkpoint",
+        "resume",
+        "limit_train_batches",
+        "limit_eval_batches",
+    }
+)
 _TIMES = ("started_at", "finished_at")
 _INTS = ("trial_number", "seed", "best_epoch", "epochs_run", "source_run_id")
 
@@ -124,18 +145,22 @@ def runs(url: str, study: str | None = None) -> pd.DataFrame:
     return _flatten(df.sort_values("id", ignore_index=True))
 
 
-def epochs(url: str, study: str | None = None,
-           run_ids: Iterable[int] | None = None) -> pd.DataFrame:
+def epochs(
+    url: str, study: str | None = None, run_ids: Iterable[int] | None = None
+) -> pd.DataFrame:
     """Per-epoch rows (with the run's `study` and `role`), ordered by run id and epoch.
 
     The epoch's `lrs` JSON is expanded into `lr_new`, `lr_upper`, `lr_lower`.
     """
-    sql = (f"SELECT e.*, r.study AS study, r.role AS role FROM {EPOCHS} e "
-           f"JOIN {RUNS} r ON r.id = e.run_id")
+    sql = (
+        f"SELECT e.*, r.study AS study, r.role AS role FROM {EPOCHS} e "
+        f"JOIN {RUNS} r ON r.id = e.run_id"
+    )
     with connect(url) as conn:
         if not sa.inspect(conn).has_table(EPOCHS):
-            raise AnalysisError(f"no {EPOCHS} table in {display_url(url)}: "
-                                "run `nbtl-search run STUDY.yaml` first")
+            raise AnalysisError(
+                f"no {EPOCHS} table in {display_url(url)}: run `nbtl-search run STUDY.yaml` first"
+            )
         df = _read(conn, sql, study, prefix="r.")
     if run_ids is not None:
         df = df[df["run_id"].isin(list(run_ids))]
@@ -182,8 +207,9 @@ def predictions(url: str, run_ids: Iterable[int]) -> dict[int, tuple[np.ndarray,
 def _read(conn: sa.Connection, sql: str, study: str | None, prefix: str = "") -> pd.DataFrame:
     if study is None:
         return pd.read_sql(sa.text(sql), conn)
-    return pd.read_sql(sa.text(f"{sql} WHERE {prefix}study = :study"), conn,
-                       params={"study": study})
+    return pd.read_sql(
+        sa.text(f"{sql} WHERE {prefix}study = :study"), conn, params={"study": study}
+    )
 
 
 def parse_json(text: Any) -> Any:
@@ -232,6 +258,7 @@ def _flatten(df: pd.DataFrame) -> pd.DataFrame:
     df["l2_new"] = [a[0] + b[0] for a, b in zip(sp, l2)]
     df["l2_upper"], df["l2_lower"] = [p[1] for p in l2], [p[2] for p in l2]
     keys = sorted({k for c in configs for k in c})
-    extra = pd.DataFrame({f"cfg_{k}": [_cell(c.get(k)) for c in configs] for k in keys},
-                         index=df.index)
+    extra = pd.DataFrame(
+        {f"cfg_{k}": [_cell(c.get(k)) for c in configs] for k in keys}, index=df.index
+    )
     return pd.concat([df, extra], axis=1)

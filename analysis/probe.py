@@ -19,8 +19,9 @@ def probe(url: str, study: str) -> pd.DataFrame:
     """One row per probed layer, one column per score; AnalysisError before any probe."""
     rows = _rows(url, study)
     layers = rows[rows["layer"].notna()]
-    table = layers.pivot_table(index=["layer", "layer_name"], columns="score", values="value",
-                               sort=False).reset_index()
+    table = layers.pivot_table(
+        index=["layer", "layer_name"], columns="score", values="value", sort=False
+    ).reset_index()
     table.columns.name = None
     return table.astype({"layer": int})
 
@@ -28,7 +29,9 @@ def probe(url: str, study: str) -> pd.DataFrame:
 def probe_summary(url: str, study: str) -> dict[str, float]:
     """Model-level scores, suggested settings (`suggested.new_layers`, ...) and timings."""
     rows = _rows(url, study)
-    return dict(zip(rows.loc[rows["layer"].isna(), "score"], rows.loc[rows["layer"].isna(), "value"]))
+    return dict(
+        zip(rows.loc[rows["layer"].isna(), "score"], rows.loc[rows["layer"].isna(), "value"])
+    )
 
 
 def _rows(url: str, study: str) -> pd.DataFrame:

@@ -55,7 +55,9 @@ class Interval:
 NO_INTERVAL = Interval(math.nan, math.nan)
 
 
-def welch_interval(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> tuple[Interval, float]:
+def welch_interval(
+    a: Sequence[float], b: Sequence[float], level: float = LEVEL
+) -> tuple[Interval, float]:
     """(interval for mean(a) - mean(b), degrees of freedom); NaN with fewer than 2 values a side."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     m, n = len(a), len(b)
@@ -71,15 +73,20 @@ def welch_interval(a: Sequence[float], b: Sequence[float], level: float = LEVEL)
     return Interval(d - half, d + half), df
 
 
-def paired_bootstrap_interval(correct_a: np.ndarray, correct_b: np.ndarray, level: float = LEVEL,
-                              resamples: int = BOOTSTRAP_RESAMPLES,
-                              seed: int = BOOTSTRAP_SEED) -> Interval:
+def paired_bootstrap_interval(
+    correct_a: np.ndarray,
+    correct_b: np.ndarray,
+    level: float = LEVEL,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> Interval:
     """Interval for 100 * mean_i(d_i) (see module docstring). `correct_a`: (models of the
     optimum) x (test images) booleans; `correct_b` likewise for the default, same images."""
     a, b = np.asarray(correct_a, dtype=float), np.asarray(correct_b, dtype=float)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or a.shape[1] == 0:
-        raise ValueError(f"need (models x images) arrays over the same images, got {a.shape} "
-                         f"and {b.shape}")
+        raise ValueError(
+            f"need (models x images) arrays over the same images, got {a.shape} and {b.shape}"
+        )
     d = a.mean(axis=0) - b.mean(axis=0)
     n = len(d)
     rng = np.random.default_rng(seed)

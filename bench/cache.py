@@ -39,13 +39,13 @@ import timm
 import timm.data
 import torch
 import torchvision
+from cpu import Clock, emit, interleaved, measurement, paired
 from PIL import Image
 from sklearn.datasets import load_sample_images
 from torch.utils.data import DataLoader
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
-from cpu import Clock, emit, interleaved, measurement, paired
 from trainer.config import TrainConfig
 from trainer.data import ImageFiles, TransformedDataset, build_transform
 from trainer.data.cache import cached_images, shrink_op
@@ -71,7 +71,8 @@ def photo_tree(folder: Path, n: int, seed: int = 0) -> ImageFiles:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
         if rng.random() < 0.2:
             img = img.transpose(Image.ROTATE_90)
-        img = Image.eval(img, lambda v, g=float(rng.uniform(0.8, 1.2)): min(255, int(v * g)))
+        gain = float(rng.uniform(0.8, 1.2))
+        img = Image.eval(img, lambda v, g=gain: min(255, int(v * g)))
         path = folder / f"c{i % 10}" / f"{i:05d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
         img.save(path, quality=90)
@@ -81,8 +82,13 @@ def photo_tree(folder: Path, n: int, seed: int = 0) -> ImageFiles:
 
 def cycling_batches(dataset: TransformedDataset, seed: int):
     """A function returning the next batch of a shuffling DataLoader (workers=0), forever."""
-    loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, drop_last=True,  # every call: 32
-                        generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(
+        dataset,
+        batch_size=BATCH,
+        shuffle=True,
+        drop_last=True,  # every call: 32
+        generator=torch.Generator().manual_seed(seed),
+    )
     state = {"it": iter(loader)}
 
     def next_batch():
@@ -111,18 +117,27 @@ def pixel_effect(files: ImageFiles, cached, eval_tf, count: int) -> dict:
         eval_max = max(eval_max, float((eval_tf(original) - eval_tf(small)).abs().max()))
         (w, h), (sw, sh) = original.size, small.size
         for area in CROP_AREAS:
-            side = min(round((area * w * h) ** 0.5), w, h)  # a square box, as RandomResizedCrop's ratio 1
+            side = min(
+                round((area * w * h) ** 0.5), w, h
+            )  # a square box, as RandomResizedCrop's ratio 1
             top, left = (h - side) // 2, (w - side) // 2
-            ref = F.resized_crop(original, top, left, side, side, [IMG, IMG], InterpolationMode.BICUBIC)
-            bil = F.resized_crop(original, top, left, side, side, [IMG, IMG], InterpolationMode.BILINEAR)
+            ref = F.resized_crop(
+                original, top, left, side, side, [IMG, IMG], InterpolationMode.BICUBIC
+            )
+            bil = F.resized_crop(
+                original, top, left, side, side, [IMG, IMG], InterpolationMode.BILINEAR
+            )
             fx, fy = sw / w, sh / h  # the same box in the cached copy's pixels
-            got = small.resize((IMG, IMG), Image.BICUBIC,
-                               box=(left * fx, top * fy, (left + side) * fx, (top + side) * fy))
+            got = small.resize(
+                (IMG, IMG),
+                Image.BICUBIC,
+                box=(left * fx, top * fy, (left + side) * fx, (top + side) * fy),
+            )
             buf = io.BytesIO()
             ref.save(buf, "JPEG", quality=90)
             a = np.asarray(ref, dtype=np.int16)
 
-            def mad(img: Image.Image) -> float:
+            def mad(img: Image.Image, a: np.ndarray = a) -> float:
                 return float(np.abs(np.asarray(img, dtype=np.int16) - a).mean())
 
             crops[area].append(mad(got))
@@ -132,9 +147,14 @@ def pixel_effect(files: ImageFiles, cached, eval_tf, count: int) -> dict:
     def means(d: dict) -> dict:
         return {str(a): statistics.mean(v) for a, v in d.items()}
 
-    return {"measure": "pixel_effect", "images": count, "eval_max_abs_diff": eval_max,
-            "train_crop_mad": means(crops), "bilinear_vs_bicubic_mad": means(yardstick),
-            "jpeg_q90_mad": means(jpeg)}
+    return {
+        "measure": "pixel_effect",
+        "images": count,
+        "eval_max_abs_diff": eval_max,
+        "train_crop_mad": means(crops),
+        "bilinear_vs_bicubic_mad": means(yardstick),
+        "jpeg_q90_mad": means(jpeg),
+    }
 
 
 def cpu_model() -> str:
@@ -161,15 +181,31 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)  # what a DataLoader worker process runs with
     started = time.perf_counter()
-    emit({"measure": "environment", "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-          "torch": torch.__version__, "torchvision": torchvision.__version__, "timm": timm.__version__,
-          "pillow": PIL.__version__, "threads": torch.get_num_threads(), "loadavg": os.getloadavg()})
+    emit(
+        {
+            "measure": "environment",
+            "cpu": cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "timm": timm.__version__,
+            "pillow": PIL.__version__,
+            "threads": torch.get_num_threads(),
+            "loadavg": os.getloadavg(),
+        }
+    )
     data_config = timm.data.resolve_data_config(
-        {"input_size": (3, IMG, IMG)}, pretrained_cfg=timm.models.get_pretrained_cfg(MODEL).to_dict())
+        {"input_size": (3, IMG, IMG)},
+        pretrained_cfg=timm.models.get_pretrained_cfg(MODEL).to_dict(),
+    )
     cfg = TrainConfig(model=MODEL, img_size=IMG)
-    tfs = {"train": build_transform(cfg, data_config, training=True),
-           "train_aa_re": build_transform(cfg.replace(aa=AA, reprob=REPROB), data_config, training=True),
-           "eval": build_transform(cfg, data_config, training=False)}
+    tfs = {
+        "train": build_transform(cfg, data_config, training=True),
+        "train_aa_re": build_transform(
+            cfg.replace(aa=AA, reprob=REPROB), data_config, training=True
+        ),
+        "eval": build_transform(cfg, data_config, training=False),
+    }
     resize = shrink_op(tfs["eval"])
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -183,10 +219,17 @@ def main(argv: list[str] | None = None) -> int:
         n = len(files)
         jpeg_bytes = sum(os.path.getsize(p) for p in files.paths)
         decoded_bytes = sum(w * h * 3 for w, h in (files.load(i).size for i in range(n)))
-        size = {"measure": "cache_size", "images": n, "short_side": resize.size,
-                "interpolation": resize.interpolation.value, "build_s": build_s,
-                "build_images_per_s": n / build_s, "cache_mb_per_1k": os.path.getsize(cached.path) / n / 1e3,
-                "jpeg_mb_per_1k": jpeg_bytes / n / 1e3, "full_decoded_mb_per_1k": decoded_bytes / n / 1e3}
+        size = {
+            "measure": "cache_size",
+            "images": n,
+            "short_side": resize.size,
+            "interpolation": resize.interpolation.value,
+            "build_s": build_s,
+            "build_images_per_s": n / build_s,
+            "cache_mb_per_1k": os.path.getsize(cached.path) / n / 1e3,
+            "jpeg_mb_per_1k": jpeg_bytes / n / 1e3,
+            "full_decoded_mb_per_1k": decoded_bytes / n / 1e3,
+        }
         emit(size)
         effect = pixel_effect(files, cached, tfs["eval"], min(args.check_images, n))
         emit(effect)
@@ -196,34 +239,62 @@ def main(argv: list[str] | None = None) -> int:
             variants[f"files_{name}"] = cycling_batches(TransformedDataset(files, tf), k)
             variants[f"cache_{name}"] = cycling_batches(TransformedDataset(cached, tf), k)
         budget = args.budget_s - (time.perf_counter() - started)
-        t = interleaved(variants, Clock(torch.device("cpu")), args.rounds, args.batches, 1,
-                        time.perf_counter() + max(budget, 10.0))
+        t = interleaved(
+            variants,
+            Clock(torch.device("cpu")),
+            args.rounds,
+            args.batches,
+            1,
+            time.perf_counter() + max(budget, 10.0),
+        )
         records = []
         for name in tfs:
-            rec = measurement(f"cache speed-up, {name}", f"cache_speedup_{name}",
-                              paired(t, f"files_{name}", f"cache_{name}"), t, f"cache_{name}",
-                              f"files_{name}", model=MODEL, img_size=IMG, batch=BATCH)
+            rec = measurement(
+                f"cache speed-up, {name}",
+                f"cache_speedup_{name}",
+                paired(t, f"files_{name}", f"cache_{name}"),
+                t,
+                f"cache_{name}",
+                f"files_{name}",
+                model=MODEL,
+                img_size=IMG,
+                batch=BATCH,
+            )
             rec["images_per_s_cache"] = BATCH / rec["median_s_a"]
             rec["images_per_s_files"] = BATCH / rec["median_s_b"]
             records.append(rec)
             emit(rec)
 
-    print(f"\n{'transform':<14}{'files img/s':>12}{'cache img/s':>12}{'speed-up':>10}{'quartiles':>14}"
-          f"{'rounds':>8}")
+    print(
+        f"\n{'transform':<14}{'files img/s':>12}{'cache img/s':>12}{'speed-up':>10}{'quartiles':>14}"
+        f"{'rounds':>8}"
+    )
     for r in records:
         name = r["measure"].removeprefix("cache_speedup_")
-        print(f"{name:<14}{r['images_per_s_files']:>12.0f}{r['images_per_s_cache']:>12.0f}"
-              f"{r['value']:>10.2f}{r['quartiles'][0]:>8.2f}..{r['quartiles'][1]:.2f}{r['rounds']:>8}")
-    print(f"\ncache: shorter side {size['short_side']} px ({size['interpolation']}); per 1,000 images "
-          f"{size['cache_mb_per_1k']:.0f} MB (JPEGs {size['jpeg_mb_per_1k']:.0f} MB, full-size decoded "
-          f"{size['full_decoded_mb_per_1k']:.0f} MB); built at {size['build_images_per_s']:.0f} images/s")
-    mad, bil, jpg = (effect[k] for k in ("train_crop_mad", "bilinear_vs_bicubic_mad", "jpeg_q90_mad"))
-    print(f"pixels: eval max |diff| {effect['eval_max_abs_diff']:.1f}; train crops resized to {IMG} px, "
-          "mean |diff| in 0..255 levels, cached vs original (yardsticks: bilinear instead of bicubic; "
-          "saved again as JPEG q90): "
-          + ", ".join(f"{100 * float(a):.0f}% area {mad[a]:.2f} ({bil[a]:.2f}; {jpg[a]:.2f})" for a in mad))
-    print(f"\ntotal {time.perf_counter() - started:.0f} s (tree {generated_s:.0f} s), 1 torch thread, "
-          f"load average at the end {os.getloadavg()[0]:.2f}")
+        print(
+            f"{name:<14}{r['images_per_s_files']:>12.0f}{r['images_per_s_cache']:>12.0f}"
+            f"{r['value']:>10.2f}{r['quartiles'][0]:>8.2f}..{r['quartiles'][1]:.2f}{r['rounds']:>8}"
+        )
+    print(
+        f"\ncache: shorter side {size['short_side']} px ({size['interpolation']}); per 1,000 images "
+        f"{size['cache_mb_per_1k']:.0f} MB (JPEGs {size['jpeg_mb_per_1k']:.0f} MB, full-size decoded "
+        f"{size['full_decoded_mb_per_1k']:.0f} MB); built at {size['build_images_per_s']:.0f} images/s"
+    )
+    mad, bil, jpg = (
+        effect[k] for k in ("train_crop_mad", "bilinear_vs_bicubic_mad", "jpeg_q90_mad")
+    )
+    print(
+        f"pixels: eval max |diff| {effect['eval_max_abs_diff']:.1f}; train crops resized to {IMG} px, "
+        "mean |diff| in 0..255 levels, cached vs original (yardsticks: bilinear instead of bicubic; "
+        "saved again as JPEG q90): "
+        + ", ".join(
+            f"{100 * float(a):.0f}% area {mad[a]:.2f} ({bil[a]:.2f}; {jpg[a]:.2f})" for a in mad
+        )
+    )
+    print(
+        f"\ntotal {time.perf_counter() - started:.0f} s (tree {generated_s:.0f} s), 1 torch thread, "
+        f"load average at the end {os.getloadavg()[0]:.2f}"
+    )
     return 0 if effect["eval_max_abs_diff"] == 0 else 1  # evaluation must be pixel-exact
 
 

@@ -59,15 +59,32 @@ def tiny_imagefolder(root: Path) -> str:
     return str(root)
 
 
-def base_config(model: str, img_size: int, batch: int, device: str, data_dir: str, amp: str = "none",
-                channels_last: bool = False) -> TrainConfig:
-    return TrainConfig(dataset="imagefolder", data_dir=data_dir, model=model, img_size=img_size,
-                       num_classes=NUM_CLASSES, batch_size=batch, device=device, amp=amp,
-                       channels_last=channels_last, checkpoint=False)
+def base_config(
+    model: str,
+    img_size: int,
+    batch: int,
+    device: str,
+    data_dir: str,
+    amp: str = "none",
+    channels_last: bool = False,
+) -> TrainConfig:
+    return TrainConfig(
+        dataset="imagefolder",
+        data_dir=data_dir,
+        model=model,
+        img_size=img_size,
+        num_classes=NUM_CLASSES,
+        batch_size=batch,
+        device=device,
+        amp=amp,
+        channels_last=channels_last,
+        checkpoint=False,
+    )
 
 
-def synthetic_batch(batch: int, img_size: int, device: torch.device, channels_last: bool,
-                    seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def synthetic_batch(
+    batch: int, img_size: int, device: torch.device, channels_last: bool, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, img_size, img_size, generator=g)
     y = torch.randint(0, NUM_CLASSES, (batch,), generator=g)
@@ -85,8 +102,9 @@ def plain_step_fn(run: Run) -> Callable[[torch.Tensor, torch.Tensor], torch.Tens
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     # timm's factory: SGD with Nesterov momentum, weight decay off for 1-d params (norms, biases).
-    optimizer = timm.optim.create_optimizer_v2(model, opt="sgd", lr=cfg.lrs[0], momentum=cfg.momentum,
-                                               weight_decay=cfg.weight_decay)
+    optimizer = timm.optim.create_optimizer_v2(
+        model, opt="sgd", lr=cfg.lrs[0], momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
     criterion, dtype = nn.CrossEntropyLoss(), run.autocast_dtype
 
     def plain(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -105,7 +123,9 @@ def seed_style_step_fn(run: Run) -> Callable[[torch.Tensor, torch.Tensor], torch
     terms = [(t.rate, t.params, t.reference) for t in run.regularizer.terms]
 
     def seed_style(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(run.device.type, dtype=run.autocast_dtype, enabled=run.autocast_dtype is not None):
+        with torch.autocast(
+            run.device.type, dtype=run.autocast_dtype, enabled=run.autocast_dtype is not None
+        ):
             loss = run.criterion(run.model(x), y)
         for rate, params, refs in terms:
             for i, p in enumerate(params):
@@ -133,8 +153,9 @@ def loop_grad_term_fn(run: Run) -> Callable[[], None]:
     return loop
 
 
-def check_same_losses(run: Run, x: torch.Tensor, y: torch.Tensor, steps: int = 3,
-                      rtol: float = 1e-5) -> dict:
+def check_same_losses(
+    run: Run, x: torch.Tensor, y: torch.Tensor, steps: int = 3, rtol: float = 1e-5
+) -> dict:
     """Ours and plain from identical weights on one batch: the first steps' losses agree.
 
     Trains `run` itself (and a plain copy of its weights): give it a Run built for the check only."""
@@ -142,8 +163,13 @@ def check_same_losses(run: Run, x: torch.Tensor, y: torch.Tensor, steps: int = 3
     ours_l = [float(step(run, x, y)) for _ in range(steps)]
     plain_l = [float(plain(x, y)) for _ in range(steps)]
     worst = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(ours_l, plain_l))
-    return {"measure": "sanity_same_loss", "ours_losses": ours_l, "plain_losses": plain_l,
-            "max_rel_diff": worst, "ok": worst <= rtol}
+    return {
+        "measure": "sanity_same_loss",
+        "ours_losses": ours_l,
+        "plain_losses": plain_l,
+        "max_rel_diff": worst,
+        "ok": worst <= rtol,
+    }
 
 
 class Clock:
@@ -167,8 +193,14 @@ class Clock:
         return start.elapsed_time(end) / 1000.0
 
 
-def interleaved(variants: dict[str, Callable[[], object]], clock: Clock, rounds: int, steps: int,
-                warmup: int, deadline: float = math.inf) -> dict[str, list[float]]:
+def interleaved(
+    variants: dict[str, Callable[[], object]],
+    clock: Clock,
+    rounds: int,
+    steps: int,
+    warmup: int,
+    deadline: float = math.inf,
+) -> dict[str, list[float]]:
     """Seconds per call of each variant, one value per round; the order rotates every round.
 
     Stops after the round that passes `deadline` (a `time.perf_counter()` value), at least 3 rounds
@@ -192,22 +224,47 @@ def paired(times: dict[str, list[float]], num: str, den: str) -> list[float]:
     return [a / b for a, b in zip(times[num], times[den])]
 
 
-def measurement(label: str, name: str, ratios: list[float], times: dict[str, list[float]], a: str, b: str,
-                offset: float = 0.0, **context) -> dict:
+def measurement(
+    label: str,
+    name: str,
+    ratios: list[float],
+    times: dict[str, list[float]],
+    a: str,
+    b: str,
+    offset: float = 0.0,
+    **context,
+) -> dict:
     """One JSON record: the median of the paired `ratios` (+ `offset`), its quartiles, the medians."""
-    q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    q1, median, q3 = (
+        statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    )
     value = median + offset
-    rec = {"measure": name, "label": label, **context, "a": a, "b": b, "value": value,
-           "quartiles": [q1 + offset, q3 + offset], "median_s_a": statistics.median(times[a]),
-           "median_s_b": statistics.median(times[b]), "rounds": len(ratios)}
+    rec = {
+        "measure": name,
+        "label": label,
+        **context,
+        "a": a,
+        "b": b,
+        "value": value,
+        "quartiles": [q1 + offset, q3 + offset],
+        "median_s_a": statistics.median(times[a]),
+        "median_s_b": statistics.median(times[b]),
+        "rounds": len(ratios),
+    }
     if name in TARGETS:
         op, target = TARGETS[name]
         rec.update(target=f"{op} {target}", met=value >= target if op == ">=" else value <= target)
     return rec
 
 
-def step_ratios(cfg: TrainConfig, rounds: int, steps: int, warmup: int, grad_calls: int,
-                budget_s: float = math.inf) -> list[dict]:
+def step_ratios(
+    cfg: TrainConfig,
+    rounds: int,
+    steps: int,
+    warmup: int,
+    grad_calls: int,
+    budget_s: float = math.inf,
+) -> list[dict]:
     """(a)-(d) for one model; timed rounds stop early once `budget_s` (from the call) is spent."""
     deadline = time.perf_counter() + 0.9 * budget_s
     off = build_run(cfg.replace(new_layers=2))
@@ -215,37 +272,104 @@ def step_ratios(cfg: TrainConfig, rounds: int, steps: int, warmup: int, grad_cal
     x, y = synthetic_batch(cfg.batch_size, cfg.img_size, off.device, cfg.channels_last)
     plain, seed_style = plain_step_fn(off), seed_style_step_fn(on)
     clock = Clock(off.device)
-    t = interleaved({"plain": lambda: plain(x, y), "ours": lambda: step(off, x, y),
-                     "ours_l2sp": lambda: step(on, x, y), "seed_loss_loop": lambda: seed_style(x, y)},
-                    clock, rounds, steps, warmup, deadline)
+    t = interleaved(
+        {
+            "plain": lambda: plain(x, y),
+            "ours": lambda: step(off, x, y),
+            "ours_l2sp": lambda: step(on, x, y),
+            "seed_loss_loop": lambda: seed_style(x, y),
+        },
+        clock,
+        rounds,
+        steps,
+        warmup,
+        deadline,
+    )
     # the gradient term alone, on the .grad that the last timed step of `on` left in place
-    tg = interleaved({"foreach": on.regularizer.add_grad_, "python_loop": loop_grad_term_fn(on)},
-                     clock, rounds, grad_calls, 2, deadline + 0.1 * budget_s)
-    ctx = dict(model=cfg.model, img_size=cfg.img_size, batch=cfg.batch_size, device=str(off.device),
-               amp=cfg.amp, channels_last=cfg.channels_last)
+    tg = interleaved(
+        {"foreach": on.regularizer.add_grad_, "python_loop": loop_grad_term_fn(on)},
+        clock,
+        rounds,
+        grad_calls,
+        2,
+        deadline + 0.1 * budget_s,
+    )
+    ctx = dict(
+        model=cfg.model,
+        img_size=cfg.img_size,
+        batch=cfg.batch_size,
+        device=str(off.device),
+        amp=cfg.amp,
+        channels_last=cfg.channels_last,
+    )
     return [
-        measurement("(a) ours/plain speed", "ours_vs_plain", paired(t, "plain", "ours"), t, "ours", "plain", **ctx),
-        measurement("(b) L2-SP overhead", "l2sp_overhead", paired(t, "ours_l2sp", "ours"), t,
-                    "ours_l2sp", "ours", offset=-1,  # and the L2-SP term's own time as a share of a step:
-                    term_share=statistics.median(tg["foreach"]) / statistics.median(t["ours"]), **ctx),
-        measurement("(c) foreach speed-up", "foreach_vs_loop", paired(tg, "python_loop", "foreach"), tg,
-                    "foreach", "python_loop", params=sum(len(term.params) for term in on.regularizer.terms),
-                    **ctx),
-        measurement("(d) seed loss-loop overhead", "seed_loss_loop_overhead",
-                    paired(t, "seed_loss_loop", "ours"), t, "seed_loss_loop", "ours", offset=-1, **ctx),
+        measurement(
+            "(a) ours/plain speed",
+            "ours_vs_plain",
+            paired(t, "plain", "ours"),
+            t,
+            "ours",
+            "plain",
+            **ctx,
+        ),
+        measurement(
+            "(b) L2-SP overhead",
+            "l2sp_overhead",
+            paired(t, "ours_l2sp", "ours"),
+            t,
+            "ours_l2sp",
+            "ours",
+            offset=-1,  # and the L2-SP term's own time as a share of a step:
+            term_share=statistics.median(tg["foreach"]) / statistics.median(t["ours"]),
+            **ctx,
+        ),
+        measurement(
+            "(c) foreach speed-up",
+            "foreach_vs_loop",
+            paired(tg, "python_loop", "foreach"),
+            tg,
+            "foreach",
+            "python_loop",
+            params=sum(len(term.params) for term in on.regularizer.terms),
+            **ctx,
+        ),
+        measurement(
+            "(d) seed loss-loop overhead",
+            "seed_loss_loop_overhead",
+            paired(t, "seed_loss_loop", "ours"),
+            t,
+            "seed_loss_loop",
+            "ours",
+            offset=-1,
+            **ctx,
+        ),
     ]
 
 
 def print_table(records: list[dict], file=sys.stdout) -> None:
-    print(f"\n{'model':<15}{'measure':<29}{'value':>8}{'quartiles':>17}{'a s/call':>10}{'b s/call':>10}"
-          "  target", file=file)
+    print(
+        f"\n{'model':<15}{'measure':<29}{'value':>8}{'quartiles':>17}{'a s/call':>10}{'b s/call':>10}"
+        "  target",
+        file=file,
+    )
     for r in records:
         pct = "overhead" in r["measure"]
-        value, q1, q3 = (f"{100 * v:+.1f}%" if pct else f"{v:.3f}" for v in (r["value"], *r["quartiles"]))
-        target = f"{r.get('target', '')} {'ok' if r.get('met') else 'MISSED' if 'met' in r else ''}" + (
-            f" (the term alone: {100 * r['term_share']:.1f}% of a step)" if "term_share" in r else "")
-        print(f"{r['model'] + '@' + str(r['img_size']):<15}{r['label']:<29}{value:>8}{q1 + '..' + q3:>17}"
-              f"{r['median_s_a']:>10.5f}{r['median_s_b']:>10.5f}  {target}", file=file)
+        value, q1, q3 = (
+            f"{100 * v:+.1f}%" if pct else f"{v:.3f}" for v in (r["value"], *r["quartiles"])
+        )
+        target = (
+            f"{r.get('target', '')} {'ok' if r.get('met') else 'MISSED' if 'met' in r else ''}"
+            + (
+                f" (the term alone: {100 * r['term_share']:.1f}% of a step)"
+                if "term_share" in r
+                else ""
+            )
+        )
+        print(
+            f"{r['model'] + '@' + str(r['img_size']):<15}{r['label']:<29}{value:>8}{q1 + '..' + q3:>17}"
+            f"{r['median_s_a']:>10.5f}{r['median_s_b']:>10.5f}  {target}",
+            file=file,
+        )
 
 
 def emit(record: dict) -> None:
@@ -254,16 +378,33 @@ def emit(record: dict) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all cores)")
-    p.add_argument("--models", default="resnet18:64,test_resnet:32", help="comma list of model:img_size")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count(),
+        help="torch.set_num_threads (default: all cores)",
+    )
+    p.add_argument(
+        "--models", default="resnet18:64,test_resnet:32", help="comma list of model:img_size"
+    )
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--rounds", type=int, default=25, help="interleaved rounds per model")
-    p.add_argument("--steps", type=int, default=0,
-                   help="steps per variant per round (0: 1 above 32 px, 6 at 32 px and below)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        help="steps per variant per round (0: 1 above 32 px, 6 at 32 px and below)",
+    )
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--grad-calls", type=int, default=20, help="gradient-term calls per variant per round")
-    p.add_argument("--budget-s", type=float, default=150.0,
-                   help="seconds for the whole run; fewer rounds are timed when the machine is slow")
+    p.add_argument(
+        "--grad-calls", type=int, default=20, help="gradient-term calls per variant per round"
+    )
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=150.0,
+        help="seconds for the whole run; fewer rounds are timed when the machine is slow",
+    )
     return p.parse_args(argv)
 
 
@@ -271,8 +412,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    emit({"measure": "environment", "torch": torch.__version__, "timm": timm.__version__,
-          "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "loadavg": os.getloadavg()})
+    emit(
+        {
+            "measure": "environment",
+            "torch": torch.__version__,
+            "timm": timm.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "loadavg": os.getloadavg(),
+        }
+    )
     records, sane = [], True
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = tiny_imagefolder(Path(tmp))
@@ -290,9 +439,13 @@ def main(argv: list[str] | None = None) -> int:
                 records.append(rec)
                 emit(rec)
     print_table(records)
-    print(f"\ntotal {time.perf_counter() - started:.0f} s, {torch.get_num_threads()} threads, "
-          f"load average at the end {os.getloadavg()[0]:.2f}")
-    return 0 if sane else 1  # a missed target is a finding, a failed sanity check a broken benchmark
+    print(
+        f"\ntotal {time.perf_counter() - started:.0f} s, {torch.get_num_threads()} threads, "
+        f"load average at the end {os.getloadavg()[0]:.2f}"
+    )
+    return (
+        0 if sane else 1
+    )  # a missed target is a finding, a failed sanity check a broken benchmark
 
 
 if __name__ == "__main__":

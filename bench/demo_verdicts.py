@@ -31,22 +31,26 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     from rich.console import Console
 
-    from nbtl_search.ui.demo import DEMO_STUDY, ensure_source
     from nbtl_search.study.spec import load_spec
+    from nbtl_search.ui.demo import DEMO_STUDY, ensure_source
 
     ensure_source(load_spec(DEMO_STUDY), Console())  # pre-trained once: every timed run is warm
     rows = []
     for k in (int(s) for s in args.seeds.split(",")):
         rows.append(run(k, out))
         print(rows[-1]["line"], flush=True)
-    print("\n| K | best default | optimum | default test | optimum test | gain | 95% CI over seeds | "
-          "95% CI over test images | verdict | ladder (test mean per rung) | wall s |")
+    print(
+        "\n| K | best default | optimum | default test | optimum test | gain | 95% CI over seeds | "
+        "95% CI over test images | verdict | ladder (test mean per rung) | wall s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(r["line"])
     verdicts = {r["verdict"] for r in rows}
-    print(f"\nverdicts: {', '.join(sorted(verdicts))}; wall time {min(r['wall'] for r in rows):.0f}-"
-          f"{max(r['wall'] for r in rows):.0f} s")
+    print(
+        f"\nverdicts: {', '.join(sorted(verdicts))}; wall time {min(r['wall'] for r in rows):.0f}-"
+        f"{max(r['wall'] for r in rows):.0f} s"
+    )
     return 0
 
 
@@ -57,8 +61,13 @@ def run(k: int, out: Path) -> dict:
     folder.mkdir(exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "nbtl_search", "demo", "--seed", str(k)],
-                          cwd=folder, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "nbtl_search", "demo", "--seed", str(k)],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - t0
     if done.returncode != 0:
         raise SystemExit(f"demo --seed {k} failed: {done.stderr[-2000:]}")
@@ -74,12 +83,14 @@ def run(k: int, out: Path) -> dict:
         return f"nl{r['new_layers']} lr{r['lr_new']:g} aa {aa}"
 
     ladder = " / ".join(f"{v:.1f}" for v in lad[lad["rung"] != "ensemble"]["test_mean"])
-    line = (f"| {k} | {describe(row['default_run_id'])} | {describe(row['optimal_run_id'])} | "
-            f"{row['default_test_mean']:.1f} ± {row['default_test_sd']:.1f} | "
-            f"{row['optimal_test_mean']:.1f} ± {row['optimal_test_sd']:.1f} | "
-            f"{row['difference']:+.1f} | [{row['ci_low']:+.1f}, {row['ci_high']:+.1f}] | "
-            f"[{row['bootstrap_low']:+.1f}, {row['bootstrap_high']:+.1f}] | {row['verdict']} | "
-            f"{ladder} | {wall:.0f} |")
+    line = (
+        f"| {k} | {describe(row['default_run_id'])} | {describe(row['optimal_run_id'])} | "
+        f"{row['default_test_mean']:.1f} ± {row['default_test_sd']:.1f} | "
+        f"{row['optimal_test_mean']:.1f} ± {row['optimal_test_sd']:.1f} | "
+        f"{row['difference']:+.1f} | [{row['ci_low']:+.1f}, {row['ci_high']:+.1f}] | "
+        f"[{row['bootstrap_low']:+.1f}, {row['bootstrap_high']:+.1f}] | {row['verdict']} | "
+        f"{ladder} | {wall:.0f} |"
+    )
     return {"line": line, "verdict": row["verdict"], "wall": wall}
 
 

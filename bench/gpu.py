@@ -30,9 +30,17 @@ from pathlib import Path
 
 import timm
 import torch
+from cpu import (
+    Clock,
+    base_config,
+    check_same_losses,
+    emit,
+    print_table,
+    step_ratios,
+    synthetic_batch,
+    tiny_imagefolder,
+)
 
-from cpu import (Clock, base_config, check_same_losses, emit, print_table, step_ratios,
-                 synthetic_batch, tiny_imagefolder)
 from trainer.config import TrainConfig
 from trainer.loop import evaluate, step
 from trainer.setup import build_run
@@ -42,13 +50,18 @@ BUDGET_S = 360
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dry-run", action="store_true",
-                   help="tiny CPU run: test_resnet, 32 px, cpu, 3 steps, 2 rounds")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="tiny CPU run: test_resnet, 32 px, cpu, 3 steps, 2 rounds",
+    )
     p.add_argument("--model", default="inception_v4")
     p.add_argument("--img-size", type=int, default=299)
     p.add_argument("--device", default="cuda")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--big-batch", type=int, default=128, help="batch for the training images/s figure")
+    p.add_argument(
+        "--big-batch", type=int, default=128, help="batch for the training images/s figure"
+    )
     p.add_argument("--eval-batch", type=int, default=256)
     p.add_argument("--amp", default="bf16", choices=("bf16", "none"))
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
@@ -60,7 +73,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.dry_run:
         args.model, args.img_size, args.device, args.steps, args.rounds, args.warmup = (
-            "test_resnet", 32, "cpu", 3, 2, 1)
+            "test_resnet",
+            32,
+            "cpu",
+            3,
+            2,
+            1,
+        )
     return args
 
 
@@ -71,8 +90,14 @@ def train_images_per_s(cfg: TrainConfig, steps: int, warmup: int) -> dict:
     clock = Clock(run.device)
     clock(lambda: step(run, x, y), warmup)
     seconds = clock(lambda: step(run, x, y), steps)
-    return {"measure": "train_images_per_s", "model": cfg.model, "batch": cfg.batch_size,
-            "steps": steps, "seconds": seconds, "value": cfg.batch_size * steps / seconds}
+    return {
+        "measure": "train_images_per_s",
+        "model": cfg.model,
+        "batch": cfg.batch_size,
+        "steps": steps,
+        "seconds": seconds,
+        "value": cfg.batch_size * steps / seconds,
+    }
 
 
 def eval_images_per_s(cfg: TrainConfig, batches: int) -> dict:
@@ -82,8 +107,14 @@ def eval_images_per_s(cfg: TrainConfig, batches: int) -> dict:
     clock = Clock(run.device)
     clock(lambda: evaluate(run, [(x, y)] * 2), 1)
     seconds = clock(lambda: evaluate(run, [(x, y)] * batches), 1)
-    return {"measure": "eval_images_per_s", "model": cfg.model, "batch": cfg.batch_size,
-            "batches": batches, "seconds": seconds, "value": cfg.batch_size * batches / seconds}
+    return {
+        "measure": "eval_images_per_s",
+        "model": cfg.model,
+        "batch": cfg.batch_size,
+        "batches": batches,
+        "seconds": seconds,
+        "value": cfg.batch_size * batches / seconds,
+    }
 
 
 def free(device: torch.device) -> None:
@@ -93,12 +124,20 @@ def free(device: torch.device) -> None:
 
 
 def environment(device: torch.device) -> dict:
-    env = {"measure": "environment", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-           "torch": torch.__version__, "timm": timm.__version__, "device": str(device),
-           "cpu_count": os.cpu_count()}
+    env = {
+        "measure": "environment",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "device": str(device),
+        "cpu_count": os.cpu_count(),
+    }
     if device.type == "cuda":
-        env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
-                   cudnn=torch.backends.cudnn.version())
+        env.update(
+            gpu=torch.cuda.get_device_name(device),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+        )
     return env
 
 
@@ -108,24 +147,43 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = tiny_imagefolder(Path(tmp))
-        cfg = base_config(args.model, args.img_size, args.batch, args.device, data_dir, amp=args.amp,
-                          channels_last=args.channels_last)
+        cfg = base_config(
+            args.model,
+            args.img_size,
+            args.batch,
+            args.device,
+            data_dir,
+            amp=args.amp,
+            channels_last=args.channels_last,
+        )
         check = build_run(cfg)
         emit(environment(check.device))
-        x, y = synthetic_batch(cfg.batch_size, cfg.img_size, check.device, cfg.channels_last, seed=1)
+        x, y = synthetic_batch(
+            cfg.batch_size, cfg.img_size, check.device, cfg.channels_last, seed=1
+        )
         # bf16 kernels (and cuDNN's atomics in the backward) are not bit-reproducible across models
-        sanity = {**check_same_losses(check, x, y, rtol=1e-2 if args.amp != "none" else 1e-4),
-                  "model": cfg.model}
+        sanity = {
+            **check_same_losses(check, x, y, rtol=1e-2 if args.amp != "none" else 1e-4),
+            "model": cfg.model,
+        }
         emit(sanity)
         del check, x, y
         free(torch.device(args.device))
 
-        records = step_ratios(cfg, args.rounds, args.steps, args.warmup, args.grad_calls,
-                              budget_s=0.6 * BUDGET_S - (time.perf_counter() - started))
+        records = step_ratios(
+            cfg,
+            args.rounds,
+            args.steps,
+            args.warmup,
+            args.grad_calls,
+            budget_s=0.6 * BUDGET_S - (time.perf_counter() - started),
+        )
         for rec in records:
             if rec["measure"] != "foreach_vs_loop":  # the others time whole steps
-                rec.update(images_per_s_a=cfg.batch_size / rec["median_s_a"],
-                           images_per_s_b=cfg.batch_size / rec["median_s_b"])
+                rec.update(
+                    images_per_s_a=cfg.batch_size / rec["median_s_a"],
+                    images_per_s_b=cfg.batch_size / rec["median_s_b"],
+                )
             emit(rec)
         free(torch.device(args.device))
 
@@ -136,7 +194,14 @@ def main(argv: list[str] | None = None) -> int:
 
     elapsed = time.perf_counter() - started
     # from main() on: importing torch and timm before it takes another 5-20 s
-    emit({"measure": "elapsed_s", "value": elapsed, "budget_s": BUDGET_S, "within_budget": elapsed <= BUDGET_S})
+    emit(
+        {
+            "measure": "elapsed_s",
+            "value": elapsed,
+            "budget_s": BUDGET_S,
+            "within_budget": elapsed <= BUDGET_S,
+        }
+    )
     print_table(records, file=sys.stderr)
     return 0 if sanity["ok"] else 1
 

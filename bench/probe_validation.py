@@ -38,13 +38,31 @@ import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-PRETRAIN = ["--model", "test_resnet", "--img-size", "32", "--lr", "0.1", "--sched", "cosine",
-            "-b", "64", "--weight-decay", "5e-4", "--seed", "0"]
-SOURCES = {"far": ["--dataset", "shapes", "--epochs", "12"],
-           "weak": ["--dataset", "shapes", "--epochs", "1"]}  # near and none: see pretrain()
-SPACE = {"new_layers": {"type": "int", "low": 1, "high": 5},
-         "lr": {"type": "float", "low": 0.01, "high": 1.0, "log": True},
-         "l2sp": {"type": "float", "low": 1.0e-3, "high": 1.0, "log": True, "allow_zero": True}}
+PRETRAIN = [
+    "--model",
+    "test_resnet",
+    "--img-size",
+    "32",
+    "--lr",
+    "0.1",
+    "--sched",
+    "cosine",
+    "-b",
+    "64",
+    "--weight-decay",
+    "5e-4",
+    "--seed",
+    "0",
+]
+SOURCES = {
+    "far": ["--dataset", "shapes", "--epochs", "12"],
+    "weak": ["--dataset", "shapes", "--epochs", "1"],
+}  # near and none: see pretrain()
+SPACE = {
+    "new_layers": {"type": "int", "low": 1, "high": 5},
+    "lr": {"type": "float", "low": 0.01, "high": 1.0, "log": True},
+    "l2sp": {"type": "float", "low": 1.0e-3, "high": 1.0, "log": True, "allow_zero": True},
+}
 
 
 def main() -> int:
@@ -62,8 +80,9 @@ def main() -> int:
 
 
 def validate(task: str, out: Path, trials: int, workers: int) -> dict:
-    import analysis
     import optuna
+
+    import analysis
 
     folder = out / task
     folder.mkdir(exist_ok=True)
@@ -80,25 +99,54 @@ def validate(task: str, out: Path, trials: int, workers: int) -> dict:
     slots = ["--device", "cpu", "--workers", str(workers)]
     nbtl(["baseline", str(study), *slots], folder)
     nbtl(["run", str(study), *slots], folder)
-    nbtl(["final", str(study), "--device", "cpu", "--jobs", str(workers), "--seeds", "3",
-          "--rerank-top-k", "2", "--rerank-seeds", "1"], folder)
+    nbtl(
+        [
+            "final",
+            str(study),
+            "--device",
+            "cpu",
+            "--jobs",
+            str(workers),
+            "--seeds",
+            "3",
+            "--rerank-top-k",
+            "2",
+            "--rerank-seeds",
+            "1",
+        ],
+        folder,
+    )
     row = analysis.compare(url, f"probe-{task}").iloc[0]
     runs = analysis.runs(url, f"probe-{task}")
     opt = runs[runs["id"] == row["optimal_run_id"]].iloc[0]
-    trial_s = float(runs[(runs["role"] == "search") & (runs["state"] == "complete")]["wall_s"].median())
+    trial_s = float(
+        runs[(runs["role"] == "search") & (runs["state"] == "complete")]["wall_s"].median()
+    )
     nbtl(["run", str(warm), *slots], folder)
     cold = optuna.load_study(study_name=f"probe-{task}", storage=url)
     warmed = optuna.load_study(study_name=f"probe-{task}-warm", storage=url)
     return {
-        "task": task, "probe_s": probe_s / 2, "trial_s": trial_s,
+        "task": task,
+        "probe_s": probe_s / 2,
+        "trial_s": trial_s,
         "probe_seconds": {k: summary.get(f"seconds.{k}") for k in ("pass", "scores", "total")},
-        "scores": {k: v for k, v in summary.items() if not k.startswith(("suggested.", "seconds."))},
+        "scores": {
+            k: v for k, v in summary.items() if not k.startswith(("suggested.", "seconds."))
+        },
         "fit_by_layer": dict(zip(layers["layer"].astype(int), layers["fit"].round(1))),
-        "suggested": {k.split(".", 1)[1]: v for k, v in summary.items() if k.startswith("suggested.")},
-        "optimum": {"new_layers": int(opt["new_layers"]), "lr": float(opt["lr_new"]),
-                    "l2sp": float(opt["l2sp_upper"])},
-        "default_test": row["default_test_mean"], "optimal_test": row["optimal_test_mean"],
-        "gain": row["difference"], "ci": [row["ci_low"], row["ci_high"]], "verdict": row["verdict"],
+        "suggested": {
+            k.split(".", 1)[1]: v for k, v in summary.items() if k.startswith("suggested.")
+        },
+        "optimum": {
+            "new_layers": int(opt["new_layers"]),
+            "lr": float(opt["lr_new"]),
+            "l2sp": float(opt["l2sp_upper"]),
+        },
+        "default_test": row["default_test_mean"],
+        "optimal_test": row["optimal_test_mean"],
+        "gain": row["difference"],
+        "ci": [row["ci_low"], row["ci_high"]],
+        "verdict": row["verdict"],
         "cold_best_val": cold.best_value,
         "warm_trials_to_cold_best": trials_to_reach(warmed, cold.best_value - 0.5),
         "cold_trials_to_cold_best": trials_to_reach(cold, cold.best_value - 0.5),
@@ -142,12 +190,22 @@ fit(TrainConfig(dataset="digits", extra={"classes": [0, 1, 2, 3, 4], "train_per_
 def write_study(path: Path, task: str, url: str, source: Path, trials: int, warm: bool) -> Path:
     name = f"probe-{task}" + ("-warm" if warm else "")
     study = {
-        "name": name, "storage": url,
-        "dataset": {"name": "digits", "img_size": 32,
-                    "extra": {"train_per_class": 25, "val_per_class": 25}},
+        "name": name,
+        "storage": url,
+        "dataset": {
+            "name": "digits",
+            "img_size": 32,
+            "extra": {"train_per_class": 25, "val_per_class": 25},
+        },
         "model": {"name": "test_resnet", "pretrained_file": str(source)},
-        "train": {"epochs": 30, "sched": "cosine", "batch_size": 32, "weight_decay": 5.0e-4,
-                  "crop_scale": [0.6, 1.0], "hflip": 0.0},
+        "train": {
+            "epochs": 30,
+            "sched": "cosine",
+            "batch_size": 32,
+            "weight_decay": 5.0e-4,
+            "crop_scale": [0.6, 1.0],
+            "hflip": 0.0,
+        },
         "search_space": SPACE,
         "sampler": {"type": "tpe", "seed": 0, "n_startup_trials": 6},
         "pruner": {"type": "hyperband", "min_resource": 5},
@@ -161,8 +219,13 @@ def write_study(path: Path, task: str, url: str, source: Path, trials: int, warm
 
 def nbtl(argv: list[str], cwd: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-m", "nbtl_search", *argv], cwd=cwd, env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "nbtl_search", *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise SystemExit(f"nbtl-search {' '.join(argv)} failed: {done.stderr[-2000:]}")
 
@@ -178,9 +241,12 @@ def trials_to_reach(study, target: float) -> int | None:
 def table(results: list[dict]) -> str:
     from scipy import stats
 
-    lines = ["| task | fit (layer 2..6) | suggested new_layers / L2-SP / lr | optimum new_layers / "
-             "L2-SP / lr | gain (test points, 95% CI) | warm / cold trials to within 0.5 of the "
-             "cold best | probe s / trial s |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| task | fit (layer 2..6) | suggested new_layers / L2-SP / lr | optimum new_layers / "
+        "L2-SP / lr | gain (test points, 95% CI) | warm / cold trials to within 0.5 of the "
+        "cold best | probe s / trial s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         print(json.dumps(r, default=float))
         s, o = r["suggested"], r["optimum"]
@@ -190,15 +256,19 @@ def table(results: list[dict]) -> str:
             f"{s.get('l2sp_upper', 0):g} / {s.get('lr_new', 0):g} | {o['new_layers']} / "
             f"{o['l2sp']:.3g} / {o['lr']:.3g} | {r['gain']:+.1f} [{r['ci'][0]:+.1f}, "
             f"{r['ci'][1]:+.1f}] | {r['warm_trials_to_cold_best']} / {r['cold_trials_to_cold_best']} "
-            f"| {r['probe_seconds']['pass'] + r['probe_seconds']['scores']:.2f} / {r['trial_s']:.1f} |")
+            f"| {r['probe_seconds']['pass'] + r['probe_seconds']['scores']:.2f} / {r['trial_s']:.1f} |"
+        )
     gains = [r["gain"] for r in results]
     for score in ("logme", "hscore", "leep", "nce", "fit2"):
-        values = [r["fit_by_layer"].get(2) if score == "fit2" else r["scores"].get(score)
-                  for r in results]
+        values = [
+            r["fit_by_layer"].get(2) if score == "fit2" else r["scores"].get(score) for r in results
+        ]
         if len(gains) >= 3 and all(v is not None and np.isfinite(v) for v in values):
             rho = stats.spearmanr(values, gains).statistic
-            lines.append(f"\nSpearman rank correlation of {score} with the gain: {rho:+.2f} "
-                         f"({len(gains)} tasks)")
+            lines.append(
+                f"\nSpearman rank correlation of {score} with the gain: {rho:+.2f} "
+                f"({len(gains)} tasks)"
+            )
     return "\n".join(lines)
 
 

@@ -21,12 +21,14 @@ class _Parser(argparse.ArgumentParser):
 
 def _number(kind: type, low: float, name: str = "") -> Callable[[str], float]:
     """An argparse type: `kind` (int or float), finite, >= `low`."""
+
     def parse(text: str) -> float:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"takes {'an integer' if kind is int else 'a number'}, "
-                                             f"got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"takes {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
         if not math.isfinite(value) or value < low:
             raise argparse.ArgumentTypeError(f"must be >= {low:g}, got {text}")
         return value
@@ -41,16 +43,21 @@ SECONDS = _number(float, 1, "seconds")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="nbtl-search", description=(
-        "Hyperparameter search for non-binary transfer learning (timm + Optuna)."))
+    p = _Parser(
+        prog="nbtl-search",
+        description=("Hyperparameter search for non-binary transfer learning (timm + Optuna)."),
+    )
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=_Parser)
 
     def verb(name: str, help: str, study: bool = True) -> argparse.ArgumentParser:
         v = sub.add_parser(name, help=help, description=help)
         if study:
             v.add_argument("study", metavar="STUDY.yaml", help="study file (see studies/)")
-        v.add_argument("--storage", help="database URL (default: $NBTL_STORAGE, else the study "
-                                         "file's storage); keep passwords in ~/.pgpass")
+        v.add_argument(
+            "--storage",
+            help="database URL (default: $NBTL_STORAGE, else the study "
+            "file's storage); keep passwords in ~/.pgpass",
+        )
         return v
 
     r = verb("run", "run the search: one worker process per GPU slot (or CPU worker)")
@@ -69,32 +76,64 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--timeout", type=SECONDS)
     w.add_argument("--threads", type=COUNT, help="torch CPU threads")
     w.add_argument("--role", choices=["search", "default"], default="search")
-    w.add_argument("--index", type=INDEX, help="worker number: offsets the sampler seed (default: pid)")
+    w.add_argument(
+        "--index", type=INDEX, help="worker number: offsets the sampler seed (default: pid)"
+    )
     _cache_arg(w)
 
-    f = verb("final", "re-rank on validation, then retrain the ladder from the best default to the "
-                      "optimum on train+val and test it")
-    f.add_argument("--seeds", type=COUNT, help="seeds per config (default: the study's final.seeds)")
-    f.add_argument("--top-k", type=COUNT, help="retrain the top K search configs (their ensemble; "
-                                              "default final.top_k)")
-    f.add_argument("--rerank-top-k", type=INDEX, help="configs per role re-run on validation before "
-                                                     "choosing (0 = off; default final.rerank_top_k)")
-    f.add_argument("--rerank-seeds", type=INDEX, help="extra seeds per re-ranked config "
-                                                     "(default final.rerank_seeds)")
+    f = verb(
+        "final",
+        "re-rank on validation, then retrain the ladder from the best default to the "
+        "optimum on train+val and test it",
+    )
+    f.add_argument(
+        "--seeds", type=COUNT, help="seeds per config (default: the study's final.seeds)"
+    )
+    f.add_argument(
+        "--top-k",
+        type=COUNT,
+        help="retrain the top K search configs (their ensemble; default final.top_k)",
+    )
+    f.add_argument(
+        "--rerank-top-k",
+        type=INDEX,
+        help="configs per role re-run on validation before "
+        "choosing (0 = off; default final.rerank_top_k)",
+    )
+    f.add_argument(
+        "--rerank-seeds",
+        type=INDEX,
+        help="extra seeds per re-ranked config (default final.rerank_seeds)",
+    )
     f.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    f.add_argument("--jobs", type=COUNT, default=1, help="runs trained at once, each in its own process")
+    f.add_argument(
+        "--jobs", type=COUNT, default=1, help="runs trained at once, each in its own process"
+    )
     _cache_arg(f)
 
-    pr = verb("probe", "measure how well the pre-trained weights fit the target (one forward pass) "
-                       "and suggest settings")
-    pr.add_argument("--suggest", action="store_true",
-                    help="print a study file that starts from the suggestion, ranges narrowed around it")
+    pr = verb(
+        "probe",
+        "measure how well the pre-trained weights fit the target (one forward pass) "
+        "and suggest settings",
+    )
+    pr.add_argument(
+        "--suggest",
+        action="store_true",
+        help="print a study file that starts from the suggestion, ranges narrowed around it",
+    )
     pr.add_argument("--source-dataset", help="the source's dataset (for the domain similarity)")
     pr.add_argument("--source-data-dir", help="its data_dir, if it has one")
-    pr.add_argument("--scores", help="comma-separated subset of: logme, probe_acc, hscore, leep, "
-                                     "nce, domain_similarity (default: all that apply)")
-    pr.add_argument("--max-images", type=COUNT, default=2000,
-                    help="class-balanced subset of the train split (default 2000)")
+    pr.add_argument(
+        "--scores",
+        help="comma-separated subset of: logme, probe_acc, hscore, leep, "
+        "nce, domain_similarity (default: all that apply)",
+    )
+    pr.add_argument(
+        "--max-images",
+        type=COUNT,
+        default=2000,
+        help="class-balanced subset of the train split (default 2000)",
+    )
     pr.add_argument("--device", default=None, help="default: cuda if available, else cpu")
 
     verb("status", "trials, grid coverage, the best so far and whether it sits on an edge")
@@ -103,17 +142,29 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default=".", help="folder for runs.csv and epochs.csv")
     rp = verb("report", "write a self-contained HTML report: optimal vs default")
     rp.add_argument("--out", default="report.html")
-    rp.add_argument("--reference", action="append", default=[], metavar="NAME=TOP1",
-                    help="a reference test top-1 for the ladder, e.g. 'state of the art=78.3'")
+    rp.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="NAME=TOP1",
+        help="a reference test top-1 for the ladder, e.g. 'state of the art=78.3'",
+    )
     d = verb("dashboard", "serve optuna-dashboard on the study's storage")
     d.add_argument("--host", default="127.0.0.1")
     d.add_argument("--port", type=_number(int, 1, "port"), default=8080)
 
-    dm = verb("demo", "offline CPU demo: baseline, search, re-ranking, ladder, final test (~3 min)",
-              study=False)
+    dm = verb(
+        "demo",
+        "offline CPU demo: baseline, search, re-ranking, ladder, final test (~3 min)",
+        study=False,
+    )
     dm.add_argument("--study", default=None, help="default: studies/demo_digits.yaml")
-    dm.add_argument("--seed", type=INDEX, default=0,
-                    help="demo seed: changes the data split and every training seed")
+    dm.add_argument(
+        "--seed",
+        type=INDEX,
+        default=0,
+        help="demo seed: changes the data split and every training seed",
+    )
     return p
 
 
@@ -126,8 +177,12 @@ def _slot_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cache_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-image-cache", dest="image_cache", action="store_false",
-                   help="decode image files in every epoch instead of once per machine")
+    p.add_argument(
+        "--no-image-cache",
+        dest="image_cache",
+        action="store_false",
+        help="decode image files in every epoch instead of once per machine",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,10 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(commands, args.verb)(args)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM / SIGHUP (commands.Stopped)
         name = str(e) or "SIGINT"
-        print(f"stopped ({name}): what was running is marked failed; the same command again "
-              "runs it", file=sys.stderr)
+        print(
+            f"stopped ({name}): what was running is marked failed; the same command again runs it",
+            file=sys.stderr,
+        )
         return 128 + getattr(signal.Signals, name, signal.SIGINT).value
-    except Exception as e:  # noqa: BLE001 - one line, never a traceback (NBTL_DEBUG=1 shows it)
+    except Exception as e:
         if _is_user_error(e, commands.USER_ERRORS):
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -14,15 +14,14 @@ from pathlib import Path
 import optuna
 from rich.console import Console
 
-from trainer import InputError
-
-from nbtl_search.study.checks import SpecError
 from nbtl_search.run.launcher import launch, log_dir
 from nbtl_search.run.processes import STORAGE_ENV, exit_with_parent
+from nbtl_search.run.worker import StudyMismatch, WorkerOptions, run_worker
+from nbtl_search.store.connection import StorageError, check_url, masked
+from nbtl_search.study.checks import SpecError
 from nbtl_search.study.roles import DEFAULT, ROLES, SEARCH, Role
 from nbtl_search.study.spec import StudySpec, load_spec
-from nbtl_search.store.connection import StorageError, check_url, masked
-from nbtl_search.run.worker import StudyMismatch, WorkerOptions, run_worker
+from trainer import InputError
 
 USER_ERRORS: tuple[type[Exception], ...] = (SpecError, StorageError, StudyMismatch, InputError)
 
@@ -58,22 +57,31 @@ def _launch(args: argparse.Namespace, role: Role) -> int:
     spec, url = study_and_url(args)
     slots = slots_from_args(args)  # bad --gpus fails here, before anything is written
     preflight(spec)
-    crashed = launch(spec, url, role, slots, budget=getattr(args, "trials", None),
-                     timeout=getattr(args, "timeout", None), image_cache=args.image_cache,
-                     console=console)
+    crashed = launch(
+        spec,
+        url,
+        role,
+        slots,
+        budget=getattr(args, "trials", None),
+        timeout=getattr(args, "timeout", None),
+        image_cache=args.image_cache,
+        console=console,
+    )
     _write_note(url, spec)
     if crashed:
-        print(f"error: worker(s) {', '.join(crashed)} stopped early (crashes, or trials that keep "
-              f"failing); see {log_dir(spec, role)}/", file=sys.stderr)
+        print(
+            f"error: worker(s) {', '.join(crashed)} stopped early (crashes, or trials that keep "
+            f"failing); see {log_dir(spec, role)}/",
+            file=sys.stderr,
+        )
         return 1
     console.print(f"next: nbtl-search status {args.study}   |   optuna-dashboard {masked(url)}")
     return 0
 
 
 def worker(args: argparse.Namespace) -> int:
-    from trainer.setup import resolve_device
-
     from nbtl_search.run.preflight import preflight
+    from trainer.setup import resolve_device
 
     exit_with_parent()
     spec, url = study_and_url(args)
@@ -85,11 +93,19 @@ def worker(args: argparse.Namespace) -> int:
 
         if torch.cuda.device_count() == 0:
             raise InputError(f"GPU {args.gpu} does not exist on this host (or CUDA is unavailable)")
-    device = str(resolve_device(args.device or ("cuda" if args.gpu is not None else _default_device())))
+    device = str(
+        resolve_device(args.device or ("cuda" if args.gpu is not None else _default_device()))
+    )
     preflight(spec)  # this host's data and model, before joining the study
-    opts = WorkerOptions(device=device, trials=args.trials, budget=args.budget,
-                         timeout=args.timeout, threads=args.threads, index=args.index,
-                         image_cache=None if args.image_cache else False)
+    opts = WorkerOptions(
+        device=device,
+        trials=args.trials,
+        budget=args.budget,
+        timeout=args.timeout,
+        threads=args.threads,
+        index=args.index,
+        image_cache=None if args.image_cache else False,
+    )
     return run_worker(spec, url, ROLES[args.role], opts)
 
 
@@ -99,10 +115,14 @@ def final(args: argparse.Namespace) -> int:
     spec, url = study_and_url(args)
     knobs = spec.final
     opts = FinalOptions(
-        seeds=_given(args.seeds, knobs.seeds), top_k=_given(args.top_k, knobs.top_k),
+        seeds=_given(args.seeds, knobs.seeds),
+        top_k=_given(args.top_k, knobs.top_k),
         rerank_top_k=_given(args.rerank_top_k, knobs.rerank_top_k),
         rerank_seeds=_given(args.rerank_seeds, knobs.rerank_seeds),
-        device=args.device or _default_device(), jobs=args.jobs, image_cache=args.image_cache)
+        device=args.device or _default_device(),
+        jobs=args.jobs,
+        image_cache=args.image_cache,
+    )
     run_final(spec, url, opts, console)
     _write_note(url, spec)
     import analysis
@@ -132,9 +152,14 @@ def probe(args: argparse.Namespace) -> int:
         source = {"dataset": args.source_dataset, "data_dir": args.source_data_dir, "extra": {}}
     elif args.source_data_dir:
         raise InputError("--source-data-dir needs --source-dataset")
-    result = measure.run_probe(spec, base_lr=lr, scores=scores, source_dataset=source,
-                                 max_images=args.max_images,
-                                 device=args.device or _default_device())
+    result = measure.run_probe(
+        spec,
+        base_lr=lr,
+        scores=scores,
+        source_dataset=source,
+        max_images=args.max_images,
+        device=args.device or _default_device(),
+    )
     store = ResultStore(url)  # everything checked and computed: now write
     store.replace_probe(spec.name, measure.rows(result))
     store.close()
@@ -198,7 +223,9 @@ def dashboard(args: argparse.Namespace) -> int:
 
     spec, url = study_and_url(args)
     storage = open_rdb(url, heartbeat=False, create=False)
-    console.print(f"optuna-dashboard for {masked(url)} on http://{args.host}:{args.port} (Ctrl-C stops)")
+    console.print(
+        f"optuna-dashboard for {masked(url)} on http://{args.host}:{args.port} (Ctrl-C stops)"
+    )
     try:
         run_server(storage, host=args.host, port=args.port)
     except KeyboardInterrupt:

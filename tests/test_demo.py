@@ -32,8 +32,14 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
     """Run the demo once in an empty folder with an empty HOME (so it pre-trains its source)."""
     work = tmp_path_factory.mktemp("demo")
     env = {**os.environ, "HOME": str(work / "home"), "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-m", "nbtl_search", "demo"], cwd=work, env=env,
-                         capture_output=True, text=True, timeout=1200)
+    out = subprocess.run(
+        [sys.executable, "-m", "nbtl_search", "demo"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return work, f"sqlite:///{work / 'nbtl.db'}", out.stdout
 
@@ -49,8 +55,11 @@ def test_demo_prints_the_comparison_with_its_intervals(demo) -> None:
     assert row["default_n_seeds"] == seeds and row["optimal_n_seeds"] == seeds
     assert row["default_val_n"] > 1 and row["optimal_val_n"] > 1  # chosen after re-ranking
     assert row["verdict"] in ("gain", "loss", "no clear difference")
-    assert row["verdict"].replace("no clear difference", "No clear difference") in stdout or \
-        {"gain": "The optimum is better", "loss": "The optimum is worse"}[row["verdict"]] in stdout
+    assert (
+        row["verdict"].replace("no clear difference", "No clear difference") in stdout
+        or {"gain": "The optimum is better", "loss": "The optimum is worse"}[row["verdict"]]
+        in stdout
+    )
 
 
 def test_the_default_trains_with_the_studys_recipe(demo) -> None:
@@ -79,12 +88,18 @@ def test_the_ladder_is_retrained_and_ends_at_the_optimum(demo) -> None:
     seeds = load_spec(STUDY).final.seeds
     ladder = analysis.ladder(url, "demo_digits")
     rungs = ladder[ladder["rung"] != "ensemble"]
-    assert list(rungs["rung"]) == ["default", "+ layers", "+ learning rates", "+ regularisation",
-                                   "optimal"]
+    assert list(rungs["rung"]) == [
+        "default",
+        "+ layers",
+        "+ learning rates",
+        "+ regularisation",
+        "optimal",
+    ]
     assert (rungs["n_seeds"] == seeds).all()  # one retrained result per seed on every rung
     row = analysis.compare(url, "demo_digits").iloc[0]
-    optimal = next(r for r in ResultStore(url).runs(study="demo_digits")
-                   if r["id"] == row["optimal_run_id"])
+    optimal = next(
+        r for r in ResultStore(url).runs(study="demo_digits") if r["id"] == row["optimal_run_id"]
+    )
     assert rungs.iloc[-1]["config_hash"] == config_hash(optimal["config"])
     assert rungs.iloc[-1]["test_mean"] == pytest.approx(row["optimal_test_mean"])
     assert rungs.iloc[0]["test_mean"] == pytest.approx(row["default_test_mean"])
@@ -104,9 +119,25 @@ def test_the_test_split_is_touched_only_by_final_runs(demo) -> None:
 def test_report_notebook_and_dashboard_note_read_the_demo(demo) -> None:
     work, url, _ = demo
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-m", "nbtl_search", "report", str(STUDY), "--storage",
-                          url, "--out", str(work / "report.html"), "--reference",
-                          "from scratch=25.0"], capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nbtl_search",
+            "report",
+            str(STUDY),
+            "--storage",
+            url,
+            "--out",
+            str(work / "report.html"),
+            "--reference",
+            "from scratch=25.0",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     html = (work / "report.html").read_text()
     assert "best default" in html and "from scratch" in html and '<script src="http' not in html
@@ -115,8 +146,9 @@ def test_report_notebook_and_dashboard_note_read_the_demo(demo) -> None:
     nb = nbformat.read(REPO / "analysis" / "notebooks" / "optimal_vs_default.ipynb", as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     params.source = f"url = {url!r}\nstudy = 'demo_digits'\nreference = None"
-    NotebookClient(nb, kernel_name="python3", timeout=300,
-                   resources={"metadata": {"path": str(REPO)}}).execute()
+    NotebookClient(
+        nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(REPO)}}
+    ).execute()
 
     study = optuna.load_study(study_name="demo_digits", storage=url)
     assert "best default" in optuna_dashboard.get_note(study)
@@ -125,10 +157,18 @@ def test_report_notebook_and_dashboard_note_read_the_demo(demo) -> None:
 def test_the_probe_runs_on_the_demo_study_and_status_shows_it(demo) -> None:
     work, url, _ = demo
     env = {**os.environ, "HOME": str(work / "home"), "HF_HUB_OFFLINE": "1"}  # its cached source
-    for verb in (["probe", str(STUDY), "--storage", url, "--device", "cpu"],
-                 ["status", str(STUDY), "--storage", url]):
-        out = subprocess.run([sys.executable, "-m", "nbtl_search", *verb], cwd=work, env=env,
-                             capture_output=True, text=True, timeout=300)
+    for verb in (
+        ["probe", str(STUDY), "--storage", url, "--device", "cpu"],
+        ["status", str(STUDY), "--storage", url],
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "nbtl_search", *verb],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert out.returncode == 0, out.stderr[-2000:]
     assert "probe (" in out.stdout and "suggests new_layers" in out.stdout
     table = analysis.probe(url, "demo_digits")
@@ -153,8 +193,11 @@ def test_a_copy_of_the_database_alone_gives_every_result(demo, tmp_path) -> None
 def test_the_ensemble_is_the_averaged_softmax_of_the_optimums_models(demo) -> None:
     _, url, _ = demo
     row = analysis.compare(url, "demo_digits").iloc[0]
-    finals = [r for r in ResultStore(url).runs(study="demo_digits", role="final")
-              if r["final_of"] == "search" and r["state"] == "complete"]
+    finals = [
+        r
+        for r in ResultStore(url).runs(study="demo_digits", role="final")
+        if r["final_of"] == "search" and r["state"] == "complete"
+    ]
     stored = analysis.load.predictions(url, [r["id"] for r in finals])
     probs = [stored[r["id"]][0] for r in finals]
     labels = stored[finals[0]["id"]][1]

@@ -6,8 +6,18 @@ This package never imports optuna or nbtl_search: a search talks to it only thro
 from .config import InputError, TrainConfig
 from .report import Decision, EpochMetrics, NullReporter, Reporter, StopReason, TrainResult
 
-__all__ = ["Decision", "EpochMetrics", "InputError", "NullReporter", "Reporter", "StopReason",
-           "TrainConfig", "TrainResult", "TrainingDiverged", "fit"]
+__all__ = [
+    "Decision",
+    "EpochMetrics",
+    "InputError",
+    "NullReporter",
+    "Reporter",
+    "StopReason",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDiverged",
+    "fit",
+]
 
 
 def __getattr__(name: str):

@@ -26,8 +26,9 @@ if TYPE_CHECKING:
     from .setup import Run
 
 
-def save_checkpoint(path: Path, run: Run, history: list[EpochMetrics],
-                    best: tuple[float, int] | None) -> None:
+def save_checkpoint(
+    path: Path, run: Run, history: list[EpochMetrics], best: tuple[float, int] | None
+) -> None:
     state = {
         "model_name": run.cfg.model,
         "model": run.model.state_dict(),
@@ -56,27 +57,34 @@ def save_weights_only(path: Path, model: nn.Module) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | Path, run: Run) -> tuple[list[EpochMetrics], tuple[float, int] | None]:
+def load_checkpoint(
+    path: str | Path, run: Run
+) -> tuple[list[EpochMetrics], tuple[float, int] | None]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise InputError(f"resume checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # any unpickling error means the file is not ours
-        raise InputError(f"resume checkpoint {path} is not readable "
-                         f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
+        raise InputError(
+            f"resume checkpoint {path} is not readable "
+            f"({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+        ) from e
     if not isinstance(state, dict) or "history" not in state:
         raise InputError(f"{path} is not a last.pth checkpoint written by the trainer")
     if state["model_name"] != run.cfg.model:
-        raise InputError(f"resume checkpoint {path} is for model {state['model_name']!r}, "
-                         f"not {run.cfg.model!r}")
+        raise InputError(
+            f"resume checkpoint {path} is for model {state['model_name']!r}, not {run.cfg.model!r}"
+        )
     try:
         run.model.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:  # another num_classes, new_layers or num_low
         detail = " ".join(str(e).split())[:300] or type(e).__name__  # torch's message spans lines
-        raise InputError(f"resume checkpoint {path} does not match this run's config "
-                         f"(resume with the config it was written with): {detail}") from e
+        raise InputError(
+            f"resume checkpoint {path} does not match this run's config "
+            f"(resume with the config it was written with): {detail}"
+        ) from e
     if run.scheduler and state["scheduler"]:
         run.scheduler.load_state_dict(state["scheduler"])
     if run.scaler and state["scaler"]:

@@ -27,12 +27,18 @@ bad input exits 2 with one line on stderr; a failed run exits 1 (NBTL_DEBUG=1 sh
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m trainer", argument_default=argparse.SUPPRESS,
+        prog="python -m trainer",
+        argument_default=argparse.SUPPRESS,
         description="Non-binary fine-tuning of a timm model (defaults: trainer/config.py).",
-        epilog=DIFFERENCES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=DIFFERENCES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     a = p.add_argument
-    a("--dataset", help="caltech256_30 | stanford_cars | fgvc_aircraft | dtd | imagenet | imagefolder | "
-                        "digits | shapes")
+    a(
+        "--dataset",
+        help="caltech256_30 | stanford_cars | fgvc_aircraft | dtd | imagenet | imagefolder | "
+        "digits | shapes",
+    )
     a("--data_dir", "--data-dir", dest="data_dir")
     a("--num-classes", dest="num_classes", type=int)
     a("--img-size", dest="img_size", type=int)
@@ -40,14 +46,42 @@ def build_parser() -> argparse.ArgumentParser:
     a("--model")
     a("--pretrained", action="store_true", help="timm hub weights")
     a("--pretrained-file", dest="pretrained_file", help="local state_dict instead of the hub")
-    a("--new-layers", dest="new_layers", type=int, help="top layers to re-initialise (1 = classifier)")
-    a("--num-lowlrs", dest="num_low", type=int, help="bottom transferred layers in the `lower` part")
+    a(
+        "--new-layers",
+        dest="new_layers",
+        type=int,
+        help="top layers to re-initialise (1 = classifier)",
+    )
+    a(
+        "--num-lowlrs",
+        dest="num_low",
+        type=int,
+        help="bottom transferred layers in the `lower` part",
+    )
     a("--lr", dest="lrs", type=float, nargs="+", metavar="LR", help="1 lr, or 3: new upper lower")
-    a("--L2SP", dest="l2sp_flag", action="store_true", help="kept for the seed's scripts; needs --L2SP_rates")
-    a("--L2SP_rates", "--l2sp-rates", dest="l2sp_rates", type=float, nargs="+", metavar="R",
-      help="1 rate, or 3: new(L2 to zero) upper lower")
-    a("--l2-rates", dest="l2_rates", type=float, nargs="+", metavar="R",
-      help="L2 towards zero per part: 1 rate, or 3: new upper lower (on top of --weight-decay)")
+    a(
+        "--L2SP",
+        dest="l2sp_flag",
+        action="store_true",
+        help="kept for the seed's scripts; needs --L2SP_rates",
+    )
+    a(
+        "--L2SP_rates",
+        "--l2sp-rates",
+        dest="l2sp_rates",
+        type=float,
+        nargs="+",
+        metavar="R",
+        help="1 rate, or 3: new(L2 to zero) upper lower",
+    )
+    a(
+        "--l2-rates",
+        dest="l2_rates",
+        type=float,
+        nargs="+",
+        metavar="R",
+        help="L2 towards zero per part: 1 rate, or 3: new upper lower (on top of --weight-decay)",
+    )
     a("--weight-decay", dest="weight_decay", type=float)
     a("--reg-bn", dest="reg_bn", action="store_true", help="regularise norm parameters too")
     a("--reg-bias", dest="reg_bias", action="store_true", help="regularise biases too")
@@ -64,20 +98,36 @@ def build_parser() -> argparse.ArgumentParser:
     a("--mixup", type=float)
     a("--cutmix", type=float)
     a("--smoothing", type=float)
-    a("--scale", dest="crop_scale", type=float, nargs=2, metavar=("LOW", "HIGH"),
-      help="random-resized crop area range")
+    a(
+        "--scale",
+        dest="crop_scale",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="random-resized crop area range",
+    )
     a("--hflip", type=float, help="horizontal flip probability")
     a("--aa", help="timm auto-augment, e.g. rand-m9-mstd0.5-inc1")
     a("--reprob", type=float)
     a("--remode", choices=["const", "rand", "pixel"])
-    a("--amp", nargs="?", const="fp16", choices=["none", "bf16", "fp16"], help="default fp16 if given alone")
+    a(
+        "--amp",
+        nargs="?",
+        const="fp16",
+        choices=["none", "bf16", "fp16"],
+        help="default fp16 if given alone",
+    )
     a("--native-amp", dest="native_amp", action="store_true", help="alias of --amp fp16")
     a("--channels-last", dest="channels_last", action="store_true")
     a("--seed", type=int)
     a("--device")
     a("-j", "--workers", type=int)
-    a("--no-image-cache", dest="image_cache", action="store_false",
-      help="decode the image files in every epoch instead of once per machine (trainer/data/cache.py)")
+    a(
+        "--no-image-cache",
+        dest="image_cache",
+        action="store_false",
+        help="decode the image files in every epoch instead of once per machine (trainer/data/cache.py)",
+    )
     a("--output")
     a("--test", dest="eval_test", action="store_true", help="evaluate the test split at the end")
     a("--save-test-predictions", dest="save_test_predictions", action="store_true")
@@ -93,7 +143,9 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     if given.pop("l2sp_flag", False) and "l2sp_rates" not in given:
         raise InputError("--L2SP needs --L2SP_rates r [r r]")
     if given.get("save_test_predictions") and "output" not in given:
-        raise InputError("--save-test-predictions needs --output (the folder for test_predictions.npz)")
+        raise InputError(
+            "--save-test-predictions needs --output (the folder for test_predictions.npz)"
+        )
     if given.pop("native_amp", False):
         given.setdefault("amp", "fp16")
     return TrainConfig(**given)
@@ -104,10 +156,17 @@ class PrintReporter:
         self.epochs = epochs
 
     def report(self, epoch: int, m: EpochMetrics) -> Decision:
-        val = f"val_top1 {m.val_top1:6.2f} val_top5 {m.val_top5:6.2f} " if m.val_top1 is not None else ""
+        val = (
+            f"val_top1 {m.val_top1:6.2f} val_top5 {m.val_top5:6.2f} "
+            if m.val_top1 is not None
+            else ""
+        )
         lrs = "/".join(f"{lr:.3g}" for lr in m.lrs)
-        print(f"epoch {epoch:3d}/{self.epochs} train_loss {m.train_loss:.4f} {val}"
-              f"lr {lrs} penalty {m.penalty:.4g} {m.seconds:.1f}s {m.images_per_s:.0f} img/s", flush=True)
+        print(
+            f"epoch {epoch:3d}/{self.epochs} train_loss {m.train_loss:.4f} {val}"
+            f"lr {lrs} penalty {m.penalty:.4g} {m.seconds:.1f}s {m.images_per_s:.0f} img/s",
+            flush=True,
+        )
         return Decision.CONTINUE
 
 
@@ -129,8 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         detail = " ".join(str(e).split())  # one line, also for torch's multi-line messages
         print(f"error: training failed: {type(e).__name__}: {detail}", file=sys.stderr)
         return 1
-    best = f"best val_top1 {result.best_val_top1:.2f} (epoch {result.best_epoch})" \
-        if result.best_val_top1 is not None else "no validation split"
+    best = (
+        f"best val_top1 {result.best_val_top1:.2f} (epoch {result.best_epoch})"
+        if result.best_val_top1 is not None
+        else "no validation split"
+    )
     test = f", test_top1 {result.test['top1']:.2f}" if result.test else ""
     where = f", summary in {cfg.output}/summary.json" if cfg.output else ""
     print(f"done in {result.wall_s:.1f}s: {best}{test}{where}")

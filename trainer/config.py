@@ -39,14 +39,32 @@ SCHEDULES = ("step", "cosine", "none")
 AMP_MODES = ("none", "bf16", "fp16")
 REMODES = ("const", "rand", "pixel")
 SPLITS = ("train", "trainval")
-ROLES = ("data", "location", "model", "layers", "lrs", "regularisation", "recipe", "seed",
-         "execution", "evaluation", "test")
+ROLES = (
+    "data",
+    "location",
+    "model",
+    "layers",
+    "lrs",
+    "regularisation",
+    "recipe",
+    "seed",
+    "execution",
+    "evaluation",
+    "test",
+)
 TRANSFER_ROLES = ("layers", "lrs", "regularisation")  # the ladder's rungs, in order
 UNHASHED_ROLES = ("location", "seed", "execution", "evaluation", "test")
 
 
-def _f(default: Any, role: str, *, binary: bool = False, vector: bool = False,
-       searchable: bool = True, factory: bool = False) -> Any:
+def _f(
+    default: Any,
+    role: str,
+    *,
+    binary: bool = False,
+    vector: bool = False,
+    searchable: bool = True,
+    factory: bool = False,
+) -> Any:
     """A field with its default (`factory`: a callable making it) and its role (module docstring)."""
     assert role in ROLES, role  # a typo here is a bug in this file, not user input
     metadata = {"role": role, "binary": binary, "vector": vector, "searchable": searchable}
@@ -67,16 +85,24 @@ class TrainConfig:
     # --- model and transfer ---
     model: str = _f("inception_v4", "model")
     pretrained: bool = _f(False, "model")  # timm hub weights
-    pretrained_file: str | None = _f(None, "model")  # local checkpoint (state_dict) instead of the hub
+    pretrained_file: str | None = _f(
+        None, "model"
+    )  # local checkpoint (state_dict) instead of the hub
     # top layers re-initialised; 1 = classifier only (standard fine-tuning)
     new_layers: int = _f(1, "layers", binary=True)
-    num_low: int = _f(0, "layers", binary=True)  # bottom transferred layers forming the `lower` part
+    num_low: int = _f(
+        0, "layers", binary=True
+    )  # bottom transferred layers forming the `lower` part
     # --- optimisation, per part [new, upper, lower]; one value = the same for every part ---
     lrs: tuple[float, ...] = _f((0.01,), "lrs", binary=True, vector=True)
     # r/2*||w-w0||^2 towards the pre-trained weights (new part: none exist, so r/2*||w||^2)
     l2sp_rates: tuple[float, ...] = _f((0.0,), "regularisation", binary=True, vector=True)
-    l2_rates: tuple[float, ...] = _f((0.0,), "regularisation", binary=True, vector=True)  # r/2*||w||^2
-    weight_decay: float = _f(1e-4, "regularisation")  # plain L2 towards zero, every part (optimiser)
+    l2_rates: tuple[float, ...] = _f(
+        (0.0,), "regularisation", binary=True, vector=True
+    )  # r/2*||w||^2
+    weight_decay: float = _f(
+        1e-4, "regularisation"
+    )  # plain L2 towards zero, every part (optimiser)
     reg_bn: bool = _f(False, "regularisation")  # regularise BatchNorm/other norm parameters too
     reg_bias: bool = _f(False, "regularisation")  # regularise biases too
     opt: str = _f("sgd", "recipe")  # sgd: momentum + Nesterov, as in the paper's code
@@ -105,12 +131,16 @@ class TrainConfig:
     seed: int = _f(42, "seed")
     device: str = _f("cpu", "execution")
     workers: int = _f(0, "execution")
-    image_cache: bool = _f(True, "execution")  # decode+resize image files once per machine (data/cache.py)
+    image_cache: bool = _f(
+        True, "execution"
+    )  # decode+resize image files once per machine (data/cache.py)
     output: str | None = _f(None, "execution")
     eval_test: bool = _f(False, "evaluation")  # evaluate the test split after the last epoch
     # keep the test softmax and labels in the result (and in OUTPUT/test_predictions.npz)
     save_test_predictions: bool = _f(False, "evaluation")
-    checkpoint: bool = _f(True, "execution")  # write last.pth/best.pth to output (when output is set)
+    checkpoint: bool = _f(
+        True, "execution"
+    )  # write last.pth/best.pth to output (when output is set)
     resume: str | None = _f(None, "execution")
     limit_train_batches: int | None = _f(None, "test")  # for fast tests
     limit_eval_batches: int | None = _f(None, "test")
@@ -211,11 +241,18 @@ def _check(c: TrainConfig) -> None:
     if c.num_classes is not None and c.num_classes < 2:
         bad(f"num_classes must be >= 2, got {c.num_classes}")
     if c.decay_epochs <= 0 or not 0 < c.decay_rate <= 1:
-        bad(f"decay_epochs must be > 0 and decay_rate in (0, 1], got {c.decay_epochs}, {c.decay_rate}")
+        bad(
+            f"decay_epochs must be > 0 and decay_rate in (0, 1], got {c.decay_epochs}, {c.decay_rate}"
+        )
     if c.workers < 0:
         bad(f"workers must be >= 0, got {c.workers}")
-    for name, allowed in (("opt", OPTIMIZERS), ("sched", SCHEDULES), ("amp", AMP_MODES),
-                          ("remode", REMODES), ("train_split", SPLITS)):
+    for name, allowed in (
+        ("opt", OPTIMIZERS),
+        ("sched", SCHEDULES),
+        ("amp", AMP_MODES),
+        ("remode", REMODES),
+        ("train_split", SPLITS),
+    ):
         if getattr(c, name) not in allowed:
             bad(f"{name} must be one of {', '.join(allowed)}, got {getattr(c, name)!r}")
     if c.pretrained and c.pretrained_file:

@@ -48,8 +48,12 @@ def layer_partition(model: nn.Module) -> tuple[Layer, ...]:
     groups = _inception_v4_groups(model) if _is_inception_v4(model) else _timm_groups(model)
     owners = _owning_modules(model)
     return tuple(
-        Layer(index=i, name=name, param_names=tuple(names),
-              module_names=tuple(dict.fromkeys(owners[n] for n in names)))
+        Layer(
+            index=i,
+            name=name,
+            param_names=tuple(names),
+            module_names=tuple(dict.fromkeys(owners[n] for n in names)),
+        )
         for i, (name, names) in enumerate(groups, start=1)
     )
 
@@ -57,7 +61,8 @@ def layer_partition(model: nn.Module) -> tuple[Layer, ...]:
 def check_new_layers(layers: Sequence[Layer], new_layers: int) -> None:
     if not 1 <= new_layers <= len(layers):
         raise InputError(
-            f"new_layers must be between 1 and {len(layers)} (the model's layer count), got {new_layers}")
+            f"new_layers must be between 1 and {len(layers)} (the model's layer count), got {new_layers}"
+        )
 
 
 def reinit_layers(model: nn.Module, layers: Sequence[Layer], new_layers: int, seed: int) -> None:
@@ -77,14 +82,19 @@ def reinit_layers(model: nn.Module, layers: Sequence[Layer], new_layers: int, se
         if name and params and params <= chosen:
             in_scope.append(m)
     owners = _owning_modules(model)
-    resettable = {name for name in dict.fromkeys(owners[n] for n in chosen)
-                  if name and hasattr(modules[name], "reset_parameters")
-                  and _subtree_params(name, modules[name], recurse=False) <= chosen}
+    resettable = {
+        name
+        for name in dict.fromkeys(owners[n] for n in chosen)
+        if name
+        and hasattr(modules[name], "reset_parameters")
+        and _subtree_params(name, modules[name], recurse=False) <= chosen
+    }
     uncovered = sorted(n for n in chosen if owners[n] not in resettable)
     if uncovered:
         raise InputError(
             f"cannot re-initialise {', '.join(uncovered)} of {type(model).__name__}: no owning module "
-            f"with reset_parameters() inside the top {new_layers} layers; use fewer new_layers")
+            f"with reset_parameters() inside the top {new_layers} layers; use fewer new_layers"
+        )
     model_init = _model_init(model)
 
     devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
@@ -103,6 +113,7 @@ def reinit_layers(model: nn.Module, layers: Sequence[Layer], new_layers: int, se
 
 
 # --- partitions ---------------------------------------------------------------------------------
+
 
 def _is_inception_v4(model: nn.Module) -> bool:
     from timm.models.inception_v4 import InceptionV4
@@ -126,16 +137,20 @@ def _timm_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
     if not callable(matcher):
         raise InputError(
             f"{type(model).__name__} has no layer partition: it is neither Inception-v4 nor a timm model "
-            f"with a group_matcher")
+            f"with a group_matcher"
+        )
     by_id = group_parameters(model, matcher(coarse=True))
     groups = [by_id[k] for k in sorted(by_id) if by_id[k]]
     if len(groups) < 2:
         raise InputError(
-            f"{type(model).__name__} has no layer partition: timm's group_matcher gives a single group")
+            f"{type(model).__name__} has no layer partition: timm's group_matcher gives a single group"
+        )
     counts = _subtree_counts(model)
     top_first = list(reversed(groups))
-    return [("head" if i == 0 else _group_name(g, counts, bottom=i == len(top_first) - 1), g)
-            for i, g in enumerate(top_first)]
+    return [
+        ("head" if i == 0 else _group_name(g, counts, bottom=i == len(top_first) - 1), g)
+        for i, g in enumerate(top_first)
+    ]
 
 
 def _group_name(names: list[str], counts: dict[str, int], bottom: bool) -> str:
@@ -180,6 +195,7 @@ def _subtree_params(name: str, module: nn.Module, recurse: bool = True) -> set[s
 
 
 # --- model-level initialisations ----------------------------------------------------------------
+
 
 def _resnet_init(model: nn.Module, modules: list[nn.Module]) -> None:
     # Mirrors timm ResNet.init_weights(zero_init_last=True), the constructor's default.

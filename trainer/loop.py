@@ -30,7 +30,9 @@ def fit(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     reporter = reporter or NullReporter()
     if cfg.save_test_predictions and not cfg.eval_test:
         # checked before the first step: found after training, it would throw the run away
-        raise InputError("save_test_predictions needs eval_test (the predictions are the test split's)")
+        raise InputError(
+            "save_test_predictions needs eval_test (the predictions are the test split's)"
+        )
     started = time.perf_counter()
     run = build_run(cfg)
     out = Path(cfg.output).expanduser() if cfg.output else None
@@ -65,12 +67,19 @@ def fit(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
             predictions = str(out / "test_predictions.npz")
             np.savez_compressed(predictions, probs=probs, labels=labels)
     result = TrainResult(
-        history=tuple(history), best_val_top1=best[0] if best else None,
-        best_epoch=best[1] if best else None, test=test,
+        history=tuple(history),
+        best_val_top1=best[0] if best else None,
+        best_epoch=best[1] if best else None,
+        test=test,
         wall_s=time.perf_counter() - started,
         images_per_s=train_images / train_seconds if train_seconds else 0.0,
-        stop_reason=stop, num_classes=run.num_classes, device=str(run.device),
-        test_predictions=predictions, test_probs=probs, test_labels=labels)
+        stop_reason=stop,
+        num_classes=run.num_classes,
+        device=str(run.device),
+        test_predictions=predictions,
+        test_probs=probs,
+        test_labels=labels,
+    )
     if out:
         summary = {"config": cfg.to_dict(), **result.to_dict()}
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -88,11 +97,16 @@ def _epoch(run: Run, epoch: int) -> tuple[EpochMetrics, int]:
     if run.scheduler is not None:
         run.scheduler.step(epoch)
     metrics = EpochMetrics(
-        epoch=epoch, train_loss=train_loss,
-        val_loss=val["loss"] if val else None, val_top1=val["top1"] if val else None,
-        val_top5=val["top5"] if val else None, lrs=lrs,
+        epoch=epoch,
+        train_loss=train_loss,
+        val_loss=val["loss"] if val else None,
+        val_top1=val["top1"] if val else None,
+        val_top5=val["top5"] if val else None,
+        lrs=lrs,
         penalty=run.regularizer.penalty() if run.regularizer.active else 0.0,
-        seconds=seconds, images_per_s=n / seconds if seconds else 0.0)
+        seconds=seconds,
+        images_per_s=n / seconds if seconds else 0.0,
+    )
     return metrics, n
 
 

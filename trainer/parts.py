@@ -27,8 +27,13 @@ from trainer.layers import Layer, check_new_layers
 PARTS = ("new", "upper", "lower")
 KINDS = ("weight", "norm", "bias")
 
-_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm,
-               nn.RMSNorm)
+_NORM_TYPES = (
+    nn.modules.batchnorm._NormBase,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+    nn.RMSNorm,
+)
 # timm's own norm layers that do not subclass torch's (RmsNorm, RmsNorm2d, SimpleNorm, ...).
 _NORM_NAME = re.compile(r"Norm(Act)?\d*(d)?$")
 
@@ -40,7 +45,8 @@ def assign_parts(layers: Sequence[Layer], new_layers: int, num_low: int) -> dict
     if not 0 <= num_low <= top:
         raise InputError(
             f"num_low must be between 0 and {top} ({len(layers)} layers minus new_layers={new_layers}), "
-            f"got {num_low}")
+            f"got {num_low}"
+        )
     part_of: dict[str, str] = {}
     for layer in layers:
         if layer.index <= new_layers:
@@ -75,8 +81,14 @@ def is_regularised(kind: str, reg_bn: bool, reg_bias: bool) -> bool:
     return kind == "weight" or (kind == "norm" and reg_bn) or (kind == "bias" and reg_bias)
 
 
-def param_groups(model: nn.Module, part_of: dict[str, str], lrs: tuple[float, float, float],
-                 weight_decay: float, reg_bn: bool, reg_bias: bool) -> list[dict[str, Any]]:
+def param_groups(
+    model: nn.Module,
+    part_of: dict[str, str],
+    lrs: tuple[float, float, float],
+    weight_decay: float,
+    reg_bn: bool,
+    reg_bias: bool,
+) -> list[dict[str, Any]]:
     """Optimiser groups, one per non-empty (part, decayed) pair, each trainable parameter in one.
 
     Each group holds "params", "lr" (its part's), "weight_decay" (`weight_decay`, or 0 for norm
@@ -85,16 +97,26 @@ def param_groups(model: nn.Module, part_of: dict[str, str], lrs: tuple[float, fl
     if len(lrs) != len(PARTS):
         raise InputError(f"lrs takes one value per part {PARTS}, got {list(lrs)}")
     kinds = param_kinds(model)
-    buckets: dict[tuple[str, bool], list[nn.Parameter]] = {(p, d): [] for p in PARTS for d in (True, False)}
+    buckets: dict[tuple[str, bool], list[nn.Parameter]] = {
+        (p, d): [] for p in PARTS for d in (True, False)
+    }
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         part = part_of.get(name)
         if part not in PARTS:
-            raise ValueError(f"parameter {name} has no part (got {part!r}); build part_of with assign_parts")
+            raise ValueError(
+                f"parameter {name} has no part (got {part!r}); build part_of with assign_parts"
+            )
         buckets[(part, is_regularised(kinds[name], reg_bn, reg_bias))].append(param)
     return [
-        {"params": params, "lr": lrs[PARTS.index(part)], "weight_decay": weight_decay if decayed else 0.0,
-         "part": part, "decayed": decayed}
-        for (part, decayed), params in buckets.items() if params
+        {
+            "params": params,
+            "lr": lrs[PARTS.index(part)],
+            "weight_decay": weight_decay if decayed else 0.0,
+            "part": part,
+            "decayed": decayed,
+        }
+        for (part, decayed), params in buckets.items()
+        if params
     ]

@@ -111,10 +111,14 @@ def _probe(cfg: TrainConfig, max_images: int | None) -> ProbeFeatures:
         raise InputError(f"max_images must be >= 1, got {max_images}")
     device = resolve_device(cfg.device)
     splits = build_splits(cfg)
-    base: Dataset = splits.train if cfg.train_split == "train" else ConcatDataset([splits.train, splits.val])
+    base: Dataset = (
+        splits.train if cfg.train_split == "train" else ConcatDataset([splits.train, splits.val])
+    )
     if len(base) == 0:  # type: ignore[arg-type]
         where = f" in {cfg.data_dir}" if cfg.data_dir else ""
-        raise InputError(f"the {cfg.train_split} split of dataset {cfg.dataset!r}{where} has no images")
+        raise InputError(
+            f"the {cfg.train_split} split of dataset {cfg.dataset!r}{where} has no images"
+        )
     num_classes = cfg.num_classes or len(splits.classes)
     if num_classes < len(splits.classes):
         raise InputError(f"num_classes {num_classes} < the dataset's {len(splits.classes)} classes")
@@ -132,24 +136,38 @@ def _probe(cfg: TrainConfig, max_images: int | None) -> ProbeFeatures:
         head.to(device)
 
     data_config = timm.data.resolve_data_config(
-        {"input_size": (3, cfg.img_size, cfg.img_size)} if cfg.img_size else {}, model=model)
+        {"input_size": (3, cfg.img_size, cfg.img_size)} if cfg.img_size else {}, model=model
+    )
     transform = build_transform(cfg, data_config, training=False)
     # its own generator: even an unshuffled loader draws a base seed, which would move the global RNG
-    loader = DataLoader(TransformedDataset(base, transform), batch_size=2 * cfg.batch_size,
-                        num_workers=cfg.workers, pin_memory=device.type == "cuda",
-                        generator=torch.Generator().manual_seed(cfg.seed))
+    loader = DataLoader(
+        TransformedDataset(base, transform),
+        batch_size=2 * cfg.batch_size,
+        num_workers=cfg.workers,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
     t0 = time.perf_counter()
     feats, labels, probs = extract_features(model, layers, loader, device, source_head=head)
     seconds = time.perf_counter() - t0
     return ProbeFeatures(
         layers=[LayerFeatures(layer.index, layer.name, f) for layer, f in zip(layers, feats)],
-        labels=labels, num_classes=num_classes, source_probs=probs, source_head=head_note,
-        seconds=seconds, total_seconds=time.perf_counter() - started)
+        labels=labels,
+        num_classes=num_classes,
+        source_probs=probs,
+        source_head=head_note,
+        seconds=seconds,
+        total_seconds=time.perf_counter() - started,
+    )
 
 
-def extract_features(model: nn.Module, layers: Sequence[Layer], loader: DataLoader,
-                     device: torch.device | str = "cpu", source_head: nn.Module | None = None
-                     ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray | None]:
+def extract_features(
+    model: nn.Module,
+    layers: Sequence[Layer],
+    loader: DataLoader,
+    device: torch.device | str = "cpu",
+    source_head: nn.Module | None = None,
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray | None]:
     """One pass of `model` (in eval mode) over `loader`'s `(images, labels)` batches.
 
     Returns the pooled output of every layer in `layers` (in their order; N x D float32 each), the
@@ -203,8 +221,10 @@ def extract_features(model: nn.Module, layers: Sequence[Layer], loader: DataLoad
                 model(images.to(device, non_blocking=True))
                 for pos, layer in enumerate(by_index):
                     if layer.index not in captured:
-                        raise InputError(f"the forward pass of {type(model).__name__} never reached "
-                                         f"layer {layer.index} ({layer.name}): cannot pool its output")
+                        raise InputError(
+                            f"the forward pass of {type(model).__name__} never reached "
+                            f"layer {layer.index} ({layer.name}): cannot pool its output"
+                        )
                     outputs[pos].append(_pool(captured[layer.index], nhwc).float().cpu())
                 if source_head is not None:
                     logits = source_head(captured["pre_logits"])
@@ -274,6 +294,7 @@ def _balanced_subset(ds: Dataset, count: int) -> list[int]:
 
 # --- the source head -----------------------------------------------------------------------------
 
+
 def _source_head(cfg: TrainConfig, model: nn.Module) -> tuple[nn.Module | None, str]:
     """(the source classifier, a line saying where it came from), or (None, why there is none)."""
     if cfg.pretrained_file:
@@ -286,7 +307,7 @@ def _source_head(cfg: TrainConfig, model: nn.Module) -> tuple[nn.Module | None, 
 def _file_head(cfg: TrainConfig, path: Path, model: nn.Module) -> tuple[nn.Module | None, str]:
     prefix = _classifier_prefix(model)
     state = timm.models.load_state_dict(str(path))  # create_model has read it already: it loads
-    head_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    head_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if not head_state:
         return None, f"no source head: {path} holds no classifier tensors ({prefix}*)"
     weight = head_state.get("weight")
@@ -300,7 +321,7 @@ def _file_head(cfg: TrainConfig, path: Path, model: nn.Module) -> tuple[nn.Modul
             shell = timm.create_model(cfg.model, num_classes=classes)
         head = shell.get_classifier().to_empty(device="cpu")
         head.load_state_dict(head_state)
-    except Exception as e:  # noqa: BLE001 - a head of another layout: report it, the probe goes on
+    except Exception as e:
         line = (str(e).strip().splitlines() or [type(e).__name__])[0]
         return None, f"no source head: {prefix}* of {path} does not fit {cfg.model!r} ({line})"
     return head, f"pretrained_file {path}: {prefix.rstrip('.')} with {classes} classes"

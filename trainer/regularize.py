@@ -44,17 +44,29 @@ class L2SP:
     before re-initialisation; it is copied once, and only for parts with a non-zero L2-SP rate.
     """
 
-    def __init__(self, model: nn.Module, part_of: dict[str, str], rates: tuple[float, float, float],
-                 reference: dict[str, Tensor] | None, reg_bn: bool, reg_bias: bool,
-                 l2_rates: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        part_of: dict[str, str],
+        rates: tuple[float, float, float],
+        reference: dict[str, Tensor] | None,
+        reg_bn: bool,
+        reg_bias: bool,
+        l2_rates: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    ) -> None:
         for name, values in (("l2sp", rates), ("l2", l2_rates)):
             if len(values) != len(PARTS) or any(not r >= 0 for r in values):
-                raise InputError(f"{name} rates take one value >= 0 per part {PARTS}, got {list(values)}")
+                raise InputError(
+                    f"{name} rates take one value >= 0 per part {PARTS}, got {list(values)}"
+                )
         self.rates = tuple(float(r) for r in rates)
         self.l2_rates = tuple(float(r) for r in l2_rates)
         kinds = param_kinds(model)
-        named = [(n, p) for n, p in model.named_parameters()
-                 if p.requires_grad and is_regularised(kinds[n], reg_bn, reg_bias)]
+        named = [
+            (n, p)
+            for n, p in model.named_parameters()
+            if p.requires_grad and is_regularised(kinds[n], reg_bn, reg_bias)
+        ]
         self.terms: list[_PartTerm] = []
         for part, sp, l2 in zip(PARTS, self.rates, self.l2_rates):
             if part == "new":
@@ -96,7 +108,11 @@ class L2SP:
             if l2:
                 total += l2 / 2 * _squared_norm(term.params)
             if term.reference is not None:
-                total += term.sp_rate / 2 * _squared_norm(torch._foreach_sub(term.params, term.reference))
+                total += (
+                    term.sp_rate
+                    / 2
+                    * _squared_norm(torch._foreach_sub(term.params, term.reference))
+                )
         return float(total)
 
 
@@ -104,14 +120,21 @@ def _squared_norm(tensors: list[Tensor]) -> Tensor:
     return torch.stack(torch._foreach_norm(tensors)).double().square().sum().cpu()
 
 
-def _reference(part: str, members: list[tuple[str, nn.Parameter]],
-               reference: dict[str, Tensor] | None) -> list[Tensor]:
+def _reference(
+    part: str, members: list[tuple[str, nn.Parameter]], reference: dict[str, Tensor] | None
+) -> list[Tensor]:
     if reference is None:
-        raise InputError(f"an L2-SP rate for the {part} part needs the pre-trained weights, got none")
+        raise InputError(
+            f"an L2-SP rate for the {part} part needs the pre-trained weights, got none"
+        )
     missing = [n for n, _ in members if n not in reference]
     if missing:
-        raise InputError(f"pre-trained weights lack {', '.join(missing[:5])}"
-                         f"{' ...' if len(missing) > 5 else ''} needed for L2-SP on the {part} part")
+        raise InputError(
+            f"pre-trained weights lack {', '.join(missing[:5])}"
+            f"{' ...' if len(missing) > 5 else ''} needed for L2-SP on the {part} part"
+        )
     # One copy, made once, with the parameter's device, dtype and strides (channels_last included):
     # foreach kernels take their fast path only when both lists have the same strides.
-    return [torch.empty_like(p, requires_grad=False).copy_(reference[n].detach()) for n, p in members]
+    return [
+        torch.empty_like(p, requires_grad=False).copy_(reference[n].detach()) for n, p in members
+    ]

@@ -61,8 +61,11 @@ class TrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The result as JSON-ready values (the arrays stay out: they are in the .npz file)."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-             if f.name not in ("test_probs", "test_labels")}
+        d = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("test_probs", "test_labels")
+        }
         d["stop_reason"] = self.stop_reason.value
         d["history"] = [dataclasses.asdict(m) for m in self.history]
         return d

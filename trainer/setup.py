@@ -6,8 +6,8 @@ Each call builds its own model, loaders, optimiser and RNG so two runs in one pr
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import timm.data
@@ -23,7 +23,6 @@ from .layers import layer_partition, reinit_layers
 from .model import create_model
 from .parts import PARTS, assign_parts, param_groups
 from .regularize import L2SP
-
 
 EVAL_CACHE_BYTES = 512 * 2**20  # validation sets up to this size are kept as transformed tensors
 
@@ -57,7 +56,9 @@ def resolve_device(name: str) -> torch.device:
         if not torch.cuda.is_available():
             raise InputError(f"device {name!r} requested but CUDA is not available here")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InputError(f"device {name!r} does not exist ({torch.cuda.device_count()} GPU(s) visible)")
+            raise InputError(
+                f"device {name!r} does not exist ({torch.cuda.device_count()} GPU(s) visible)"
+            )
     return device
 
 
@@ -87,7 +88,9 @@ def build_run(cfg: TrainConfig) -> Run:
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
 
-    groups = param_groups(model, part_of, cfg.part_lrs(), cfg.weight_decay, cfg.reg_bn, cfg.reg_bias)
+    groups = param_groups(
+        model, part_of, cfg.part_lrs(), cfg.weight_decay, cfg.reg_bn, cfg.reg_bias
+    )
     if cfg.opt == "sgd":
         optimizer = torch.optim.SGD(groups, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     else:
@@ -95,27 +98,41 @@ def build_run(cfg: TrainConfig) -> Run:
     scheduler = None
     if cfg.sched != "none":
         scheduler, _ = timm.scheduler.create_scheduler_v2(
-            optimizer, sched=cfg.sched, num_epochs=cfg.epochs, decay_epochs=cfg.decay_epochs,
-            decay_rate=cfg.decay_rate, min_lr=cfg.min_lr, warmup_lr=cfg.warmup_lr,
-            warmup_epochs=cfg.warmup_epochs)
+            optimizer,
+            sched=cfg.sched,
+            num_epochs=cfg.epochs,
+            decay_epochs=cfg.decay_epochs,
+            decay_rate=cfg.decay_rate,
+            min_lr=cfg.min_lr,
+            warmup_lr=cfg.warmup_lr,
+            warmup_epochs=cfg.warmup_epochs,
+        )
     # L2SP copies to the device only the references of parts with a nonzero rate
-    regularizer = L2SP(model, part_of, cfg.part_l2sp(), reference, cfg.reg_bn, cfg.reg_bias,
-                       cfg.part_l2())
+    regularizer = L2SP(
+        model, part_of, cfg.part_l2sp(), reference, cfg.reg_bn, cfg.reg_bias, cfg.part_l2()
+    )
     del reference
 
     mixup = None
     if cfg.mixup > 0 or cfg.cutmix > 0:
-        mixup = timm.data.Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix,
-                                label_smoothing=cfg.smoothing, num_classes=num_classes)
+        mixup = timm.data.Mixup(
+            mixup_alpha=cfg.mixup,
+            cutmix_alpha=cfg.cutmix,
+            label_smoothing=cfg.smoothing,
+            num_classes=num_classes,
+        )
         criterion: nn.Module = timm.loss.SoftTargetCrossEntropy()
     else:
         criterion = nn.CrossEntropyLoss(label_smoothing=cfg.smoothing)
 
     autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
-    scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" and device.type == "cuda" else None
+    scaler = (
+        torch.amp.GradScaler(device.type) if cfg.amp == "fp16" and device.type == "cuda" else None
+    )
 
     data_config = timm.data.resolve_data_config(
-        {"input_size": (3, cfg.img_size, cfg.img_size)} if cfg.img_size else {}, model=model)
+        {"input_size": (3, cfg.img_size, cfg.img_size)} if cfg.img_size else {}, model=model
+    )
     train_tf = build_transform(cfg, data_config, training=True)
     eval_tf = build_transform(cfg, data_config, training=False)
     if cfg.image_cache:
@@ -124,17 +141,30 @@ def build_run(cfg: TrainConfig) -> Run:
         # with it evaluation stays pixel-exact and the loop and transforms do not change
         # (trainer/data/cache.py says what it does to training crops).
         splits = cache_splits(splits, cfg, eval_tf)
-    train_base = splits.train if cfg.train_split == "train" else ConcatDataset([splits.train, splits.val])
+    train_base = (
+        splits.train if cfg.train_split == "train" else ConcatDataset([splits.train, splits.val])
+    )
     train_set = TransformedDataset(train_base, train_tf)
     # timm's Mixup needs even batches: drop the last partial batch then (also keeps shapes static).
     drop_last = mixup is not None
     if drop_last and len(train_set) < cfg.batch_size:
-        raise InputError(f"mixup/cutmix needs at least batch_size={cfg.batch_size} training images, "
-                         f"the train split has {len(train_set)}")
-    loader_kw = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda",
-                     persistent_workers=cfg.workers > 0)
-    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=generator,
-                              drop_last=drop_last, **loader_kw)
+        raise InputError(
+            f"mixup/cutmix needs at least batch_size={cfg.batch_size} training images, "
+            f"the train split has {len(train_set)}"
+        )
+    loader_kw = dict(
+        num_workers=cfg.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=cfg.workers > 0,
+    )
+    train_loader = DataLoader(
+        train_set,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        generator=generator,
+        drop_last=drop_last,
+        **loader_kw,
+    )
 
     def eval_loader(base, cache: bool = False):
         dataset = TransformedDataset(base, eval_tf)
@@ -145,9 +175,24 @@ def build_run(cfg: TrainConfig) -> Run:
         return DataLoader(dataset, batch_size=2 * cfg.batch_size, **loader_kw)
 
     val_loader = eval_loader(splits.val, cache=True) if cfg.train_split == "train" else None
-    return Run(cfg, device, model, optimizer, scheduler, regularizer, criterion,
-               nn.CrossEntropyLoss(), mixup, scaler, autocast_dtype, generator, train_loader,
-               val_loader, eval_loader(splits.test), num_classes)
+    return Run(
+        cfg,
+        device,
+        model,
+        optimizer,
+        scheduler,
+        regularizer,
+        criterion,
+        nn.CrossEntropyLoss(),
+        mixup,
+        scaler,
+        autocast_dtype,
+        generator,
+        train_loader,
+        val_loader,
+        eval_loader(splits.test),
+        num_classes,
+    )
 
 
 def _check_not_empty(cfg: TrainConfig, splits: Splits) -> None:

@@ -24,18 +24,18 @@ from typing import Any
 import optuna
 from rich.console import Console
 
-from trainer import InputError, TrainConfig
-
-from nbtl_search.study import edges
-from . import selection
-from nbtl_search.study.axes import axis_values
-from nbtl_search.run.processes import cpu_threads, exit_with_parent
 from nbtl_search.run.objective import EpochRecorder, failure_reason
-from nbtl_search.store.results import ResultStore, config_hash
-from nbtl_search.study.roles import DEFAULT, SEARCH
-from nbtl_search.study.spec import StudySpec
+from nbtl_search.run.processes import cpu_threads, exit_with_parent
 from nbtl_search.run.signals import stop_on_signals
 from nbtl_search.store.connection import open_rdb
+from nbtl_search.store.results import ResultStore, config_hash
+from nbtl_search.study import edges
+from nbtl_search.study.axes import axis_values
+from nbtl_search.study.roles import DEFAULT, SEARCH
+from nbtl_search.study.spec import StudySpec
+from trainer import InputError, TrainConfig
+
+from . import selection
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,13 @@ class _Job:
 
 def check_ready(spec: StudySpec, url: str, opts: FinalOptions) -> None:
     """Refuse, before anything is written, what `final` cannot do yet."""
-    for name, value, low in (("--seeds", opts.seeds, 1), ("--top-k", opts.top_k, 1),
-                             ("--rerank-top-k", opts.rerank_top_k, 0),
-                             ("--rerank-seeds", opts.rerank_seeds, 0), ("--jobs", opts.jobs, 1)):
+    for name, value, low in (
+        ("--seeds", opts.seeds, 1),
+        ("--top-k", opts.top_k, 1),
+        ("--rerank-top-k", opts.rerank_top_k, 0),
+        ("--rerank-seeds", opts.rerank_seeds, 0),
+        ("--jobs", opts.jobs, 1),
+    ):
         if value < low:
             raise InputError(f"{name} must be >= {low}, got {value}")
     store = ResultStore(url, create=False)
@@ -72,14 +76,20 @@ def check_ready(spec: StudySpec, url: str, opts: FinalOptions) -> None:
     for role, verb in ((DEFAULT, "baseline"), (SEARCH, "run")):
         found = len(selection.ranked(runs, role.name))
         if not found:
-            raise InputError(f"study {spec.name!r} has no complete {role.name} run in this storage: "
-                             f"run `nbtl-search {verb} STUDY.yaml` first")
+            raise InputError(
+                f"study {spec.name!r} has no complete {role.name} run in this storage: "
+                f"run `nbtl-search {verb} STUDY.yaml` first"
+            )
         if opts.rerank_top_k > found:
-            raise InputError(f"--rerank-top-k {opts.rerank_top_k} is more than the {found} distinct "
-                             f"complete {role.name} configs; give --rerank-top-k {found} or fewer")
+            raise InputError(
+                f"--rerank-top-k {opts.rerank_top_k} is more than the {found} distinct "
+                f"complete {role.name} configs; give --rerank-top-k {found} or fewer"
+            )
         if role is SEARCH and opts.top_k > found:
-            raise InputError(f"--top-k {opts.top_k} is more than the {found} distinct complete "
-                             f"search configs; give --top-k {found} or fewer")
+            raise InputError(
+                f"--top-k {opts.top_k} is more than the {found} distinct complete "
+                f"search configs; give --top-k {found} or fewer"
+            )
 
 
 def run_final(spec: StudySpec, url: str, opts: FinalOptions, console: Console) -> None:
@@ -88,27 +98,39 @@ def run_final(spec: StudySpec, url: str, opts: FinalOptions, console: Console) -
     check_ready(spec, url, opts)
     store = ResultStore(url)
     # spawn: a fresh interpreter per process (no forked torch state); each dies with this process
-    pool = mp.get_context("spawn").Pool(opts.jobs, initializer=exit_with_parent,
-                                        initargs=(os.getpid(),))
+    pool = mp.get_context("spawn").Pool(
+        opts.jobs, initializer=exit_with_parent, initargs=(os.getpid(),)
+    )
     unfinished: set[int] = set()
     try:
         with stop_on_signals():
             threads = cpu_threads(opts.jobs) if opts.device == "cpu" else None
             _run(pool, url, _rerank_jobs(spec, store, opts), threads, console, unfinished)
             runs = store.runs(study=spec.name)
-            chosen = {role.name: selection.candidates(runs, role.name, opts.rerank_top_k)
-                      for role in (DEFAULT, SEARCH)}
+            chosen = {
+                role.name: selection.candidates(runs, role.name, opts.rerank_top_k)
+                for role in (DEFAULT, SEARCH)
+            }
             rungs = _ladder(spec, url, runs, chosen)
             store.replace_ladder(spec.name, rungs)
             console.print(_selection_text(chosen))
-            _run(pool, url, _final_jobs(spec, store, opts, rungs, chosen[SEARCH.name]), threads,
-                 console, unfinished)
+            _run(
+                pool,
+                url,
+                _final_jobs(spec, store, opts, rungs, chosen[SEARCH.name]),
+                threads,
+                console,
+                unfinished,
+            )
         pool.close()
     except KeyboardInterrupt:  # Ctrl-C, or Stopped from SIGTERM / SIGHUP
         pool.terminate()
         for run_id in unfinished:
-            store.mark_lost(run_id, "final stopped by a signal before this run finished; "
-                                    "rerun `nbtl-search final` to train it")
+            store.mark_lost(
+                run_id,
+                "final stopped by a signal before this run finished; "
+                "rerun `nbtl-search final` to train it",
+            )
         raise
     finally:
         pool.join()
@@ -117,32 +139,54 @@ def run_final(spec: StudySpec, url: str, opts: FinalOptions, console: Console) -
 
 def _rerank_jobs(spec: StudySpec, store: ResultStore, opts: FinalOptions) -> list[_Job]:
     runs = store.runs(study=spec.name)
-    done = {(r["config_hash"], r["seed"]) for r in runs if r["role"] == "rerank"
-            and r["state"] == "complete"}
+    done = {
+        (r["config_hash"], r["seed"])
+        for r in runs
+        if r["role"] == "rerank" and r["state"] == "complete"
+    }
     jobs = []
     for role in (DEFAULT, SEARCH):
-        for run in selection.ranked(runs, role.name)[:opts.rerank_top_k]:
+        for run in selection.ranked(runs, role.name)[: opts.rerank_top_k]:
             for seed in selection.rerank_seeds(run["config"], opts.rerank_seeds):
                 if (run["config_hash"], seed) in done:
                     continue
                 cfg = _config(run["config"], opts, seed=seed)
-                run_id = store.start_run(study=spec.name, role="rerank", config=cfg.to_dict(),
-                                         seed=seed, device=opts.device, source_run_id=run["id"])
-                jobs.append(_Job(run_id, f"re-rank {role.name} run {run['id']}, seed {seed}", cfg,
-                                 test=False))
+                run_id = store.start_run(
+                    study=spec.name,
+                    role="rerank",
+                    config=cfg.to_dict(),
+                    seed=seed,
+                    device=opts.device,
+                    source_run_id=run["id"],
+                )
+                jobs.append(
+                    _Job(
+                        run_id, f"re-rank {role.name} run {run['id']}, seed {seed}", cfg, test=False
+                    )
+                )
     return jobs
 
 
-def _final_jobs(spec: StudySpec, store: ResultStore, opts: FinalOptions, rungs: list[dict],
-                search: list[selection.Candidate]) -> list[_Job]:
-    done = {(r["config_hash"], r["seed"]) for r in store.runs(study=spec.name, role="final")
-            if r["state"] == "complete"}
-    sources: list[tuple[str, str, dict[str, Any], int | None]] = []  # (final_of, label, config, run)
+def _final_jobs(
+    spec: StudySpec,
+    store: ResultStore,
+    opts: FinalOptions,
+    rungs: list[dict],
+    search: list[selection.Candidate],
+) -> list[_Job]:
+    done = {
+        (r["config_hash"], r["seed"])
+        for r in store.runs(study=spec.name, role="final")
+        if r["state"] == "complete"
+    }
+    sources: list[
+        tuple[str, str, dict[str, Any], int | None]
+    ] = []  # (final_of, label, config, run)
     ends = {config_hash(rungs[0]["config"]): "default", config_hash(rungs[-1]["config"]): "search"}
     for rung in rungs:  # an intermediate rung equal to an end is that end (one set of runs)
         kind = ends.get(config_hash(rung["config"]), "ladder")
         sources.append((kind, f"rung {rung['rung']!r}", rung["config"], rung.get("source_run_id")))
-    for c in search[1:opts.top_k]:  # more members for the ensemble
+    for c in search[1 : opts.top_k]:  # more members for the ensemble
         sources.append(("search", f"search run {c.run['id']}", c.config, c.run["id"]))
     jobs, queued = [], set()
     for kind, label, config, source in sources:
@@ -152,27 +196,48 @@ def _final_jobs(spec: StudySpec, store: ResultStore, opts: FinalOptions, rungs: 
             if key in done or key in queued:  # an unchanged rung reuses the previous one's runs
                 continue
             queued.add(key)
-            cfg = _config(config, opts, seed=seed, train_split="trainval", eval_test=True,
-                          save_test_predictions=True)
-            run_id = store.start_run(study=spec.name, role="final", config=cfg.to_dict(), seed=seed,
-                                     device=opts.device, source_run_id=source, final_of=kind)
+            cfg = _config(
+                config,
+                opts,
+                seed=seed,
+                train_split="trainval",
+                eval_test=True,
+                save_test_predictions=True,
+            )
+            run_id = store.start_run(
+                study=spec.name,
+                role="final",
+                config=cfg.to_dict(),
+                seed=seed,
+                device=opts.device,
+                source_run_id=source,
+                final_of=kind,
+            )
             jobs.append(_Job(run_id, f"{label}, seed {seed}", cfg, test=True))
     return jobs
 
 
 def _config(config: dict[str, Any], opts: FinalOptions, **changes: Any) -> TrainConfig:
-    cfg = TrainConfig.from_dict(config).replace(checkpoint=False, output=None, resume=None,
-                                                device=opts.device, **changes)
+    cfg = TrainConfig.from_dict(config).replace(
+        checkpoint=False, output=None, resume=None, device=opts.device, **changes
+    )
     return cfg if opts.image_cache else cfg.replace(image_cache=False)
 
 
 def _ladder(spec: StudySpec, url: str, runs: list[dict], chosen: dict[str, list]) -> list[dict]:
     best_default, optimum = chosen[DEFAULT.name][0], chosen[SEARCH.name][0]
     rungs = selection.ladder(best_default.config, optimum.config)
-    for rung, c, notes in ((rungs[0], best_default, _default_notes(runs, best_default)),
-                           (rungs[-1], optimum, _search_notes(spec, url, optimum))):
-        rung.update(source_run_id=c.run["id"], val_top1=c.run["val_top1"], val_mean=c.val_mean,
-                    val_n=c.val_n, notes=notes)
+    for rung, c, notes in (
+        (rungs[0], best_default, _default_notes(runs, best_default)),
+        (rungs[-1], optimum, _search_notes(spec, url, optimum)),
+    ):
+        rung.update(
+            source_run_id=c.run["id"],
+            val_top1=c.run["val_top1"],
+            val_mean=c.val_mean,
+            val_n=c.val_n,
+            notes=notes,
+        )
     return rungs
 
 
@@ -185,7 +250,9 @@ def _default_notes(runs: list[dict], chosen: selection.Candidate) -> list[str]:
 
 def _search_notes(spec: StudySpec, url: str, chosen: selection.Candidate) -> list[str]:
     number = chosen.run["trial_number"]
-    study = optuna.load_study(study_name=SEARCH.study_name(spec), storage=open_rdb(url, heartbeat=False))
+    study = optuna.load_study(
+        study_name=SEARCH.study_name(spec), storage=open_rdb(url, heartbeat=False)
+    )
     trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
     if trial is None:
         return []
@@ -197,13 +264,21 @@ def _selection_text(chosen: dict[str, list[selection.Candidate]]) -> str:
     for role, cands in chosen.items():
         for i, c in enumerate(cands):
             mark = "*" if i == 0 else " "
-            lines.append(f"  {mark} {role} run {c.run['id']}: {c.run['val_top1']:.2f} -> "
-                         f"{c.val_mean:.2f} (n={c.val_n})")
+            lines.append(
+                f"  {mark} {role} run {c.run['id']}: {c.run['val_top1']:.2f} -> "
+                f"{c.val_mean:.2f} (n={c.val_n})"
+            )
     return "\n".join(lines)
 
 
-def _run(pool: Pool, url: str, jobs: list[_Job], threads: int | None, console: Console,
-         unfinished: set[int]) -> None:
+def _run(
+    pool: Pool,
+    url: str,
+    jobs: list[_Job],
+    threads: int | None,
+    console: Console,
+    unfinished: set[int],
+) -> None:
     """Train `jobs` in the pool, printing each outcome as it comes; `unfinished` holds the run ids
     still in flight (what a signal leaves behind)."""
     unfinished.update(job.run_id for job in jobs)
@@ -229,16 +304,28 @@ def _fit(url: str, job: _Job, threads: int | None) -> str:
     try:
         result = fit(job.config, EpochRecorder(store, job.run_id))
         if not job.test:
-            store.finish_run(job.run_id, state="complete", val_top1=result.best_val_top1,
-                             best_epoch=result.best_epoch, epochs_run=len(result.history),
-                             wall_s=result.wall_s, images_per_s=result.images_per_s)
+            store.finish_run(
+                job.run_id,
+                state="complete",
+                val_top1=result.best_val_top1,
+                best_epoch=result.best_epoch,
+                epochs_run=len(result.history),
+                wall_s=result.wall_s,
+                images_per_s=result.images_per_s,
+            )
             return f"val top-1 {result.best_val_top1:.2f} ({result.wall_s:.1f}s)"
         store.save_predictions(job.run_id, result.test_probs, result.test_labels)
-        store.finish_run(job.run_id, state="complete", epochs_run=len(result.history),
-                         test_top1=result.test["top1"], test_top5=result.test["top5"],
-                         wall_s=result.wall_s, images_per_s=result.images_per_s)
+        store.finish_run(
+            job.run_id,
+            state="complete",
+            epochs_run=len(result.history),
+            test_top1=result.test["top1"],
+            test_top5=result.test["top5"],
+            wall_s=result.wall_s,
+            images_per_s=result.images_per_s,
+        )
         return f"test top-1 {result.test['top1']:.2f} ({result.wall_s:.1f}s)"
-    except Exception as e:  # noqa: BLE001 - one bad seed must not lose the others
+    except Exception as e:
         store.finish_run(job.run_id, state="failed", error=failure_reason(e))
         return f"failed: {failure_reason(e)}"
     finally:

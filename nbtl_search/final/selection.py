@@ -21,9 +21,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.config import TRANSFER_ROLES, fields_with_role
-
 from nbtl_search.store.results import HASH_EXCLUDED
+from trainer.config import TRANSFER_ROLES, fields_with_role
 
 RUNG_NAMES = {"layers": "+ layers", "lrs": "+ learning rates", "regularisation": "+ regularisation"}
 DEFAULT_RUNG, OPTIMAL_RUNG = "default", "optimal"
@@ -43,8 +42,11 @@ class Candidate:
 def ranked(runs: list[dict[str, Any]], role: str) -> list[dict[str, Any]]:
     """Complete runs of `role` with distinct configs, best single validation value first (a
     tie goes to the earlier run)."""
-    done = [r for r in runs if r["role"] == role and r["state"] == "complete"
-            and r["val_top1"] is not None]
+    done = [
+        r
+        for r in runs
+        if r["role"] == role and r["state"] == "complete" and r["val_top1"] is not None
+    ]
     done.sort(key=lambda r: (-r["val_top1"], r["id"]))
     seen: set[str] = set()
     out = []
@@ -63,12 +65,17 @@ def rerank_seeds(config: dict[str, Any], extra: int) -> list[int]:
 def candidates(runs: list[dict[str, Any]], role: str, k: int) -> list[Candidate]:
     """The top max(k, 1) configs of `role` by single value, each with its mean over the trial and
     every complete re-ranking run of the same config, best mean first (ties: single value, id)."""
-    top = ranked(runs, role)[:max(k, 1)]
+    top = ranked(runs, role)[: max(k, 1)]
     out = []
     for run in top:
-        values = [run["val_top1"]] + [r["val_top1"] for r in runs if r["role"] == "rerank"
-                                      and r["state"] == "complete" and r["val_top1"] is not None
-                                      and r["config_hash"] == run["config_hash"]]
+        values = [run["val_top1"]] + [
+            r["val_top1"]
+            for r in runs
+            if r["role"] == "rerank"
+            and r["state"] == "complete"
+            and r["val_top1"] is not None
+            and r["config_hash"] == run["config_hash"]
+        ]
         out.append(Candidate(run, statistics.fmean(values), len(values)))
     return sorted(out, key=lambda c: (-c.val_mean, -c.run["val_top1"], c.run["id"]))
 
@@ -86,7 +93,9 @@ def ladder(default: dict[str, Any], optimum: dict[str, Any]) -> list[dict[str, A
     return rungs
 
 
-def _take(current: dict[str, Any], optimum: dict[str, Any], keys: Any) -> tuple[dict[str, Any], str]:
+def _take(
+    current: dict[str, Any], optimum: dict[str, Any], keys: Any
+) -> tuple[dict[str, Any], str]:
     out, changed = dict(current), []
     for key in keys:
         if key in optimum and _normal(key, out.get(key)) != _normal(key, optimum[key]):
@@ -99,8 +108,12 @@ def _normal(key: str, value: Any) -> Any:
     # [0.1] and [0.1, 0.1, 0.1] are the same per-part setting (one value = every part)
     if isinstance(value, (list, tuple)):
         values = [float(v) if isinstance(v, (int, float)) else v for v in value]
-        return values * 3 if len(values) == 1 and key in ("lrs", "l2sp_rates", "l2_rates") else values
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+        return (
+            values * 3 if len(values) == 1 and key in ("lrs", "l2sp_rates", "l2_rates") else values
+        )
+    return (
+        float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    )
 
 
 def _show(value: Any) -> str:

@@ -26,9 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from trainer import InputError
-
 from nbtl_search.study.spec import StudySpec
+from trainer import InputError
 
 from .rule import suggest
 
@@ -46,9 +45,15 @@ class ProbeResult:
     seconds: dict[str, float] = field(default_factory=dict)  # "pass", "scores", "total"
 
 
-def run_probe(spec: StudySpec, *, base_lr: float, scores: tuple[str, ...] = SCORES,
-              source_dataset: dict[str, Any] | None = None, max_images: int | None = MAX_IMAGES,
-              device: str = "cpu") -> ProbeResult:
+def run_probe(
+    spec: StudySpec,
+    *,
+    base_lr: float,
+    scores: tuple[str, ...] = SCORES,
+    source_dataset: dict[str, Any] | None = None,
+    max_images: int | None = MAX_IMAGES,
+    device: str = "cpu",
+) -> ProbeResult:
     """The probe of `spec`'s pre-trained model on its target; nothing is written."""
     from trainer import probe as trainer_probe
     from trainer import scores as sc
@@ -59,29 +64,40 @@ def run_probe(spec: StudySpec, *, base_lr: float, scores: tuple[str, ...] = SCOR
     t0 = time.perf_counter()
     cfg = spec.base_config(device=device, train_split="train")
     if not (cfg.pretrained or cfg.pretrained_file):
-        raise InputError("the study's model has no pre-trained weights (model.pretrained or "
-                         "model.pretrained_file): there is nothing to probe")
+        raise InputError(
+            "the study's model has no pre-trained weights (model.pretrained or "
+            "model.pretrained_file): there is nothing to probe"
+        )
     found = trainer_probe.probe_features(cfg, max_images)
     asked = [s for s in scores if s in SOURCE_HEAD_SCORES]
     if found.source_probs is None and asked and scores != SCORES:  # asked for by name: refuse
-        raise InputError(f"{', '.join(asked)} need(s) the checkpoint's source head: "
-                         f"{found.source_head}")
+        raise InputError(
+            f"{', '.join(asked)} need(s) the checkpoint's source head: {found.source_head}"
+        )
     n, classes = len(found.labels), len(np.unique(found.labels))
     if n <= classes or np.bincount(found.labels).min() < 2:
-        raise InputError(f"the target's train split has {n} images for {classes} classes: the "
-                         "scores need more images than classes and at least 2 per class")
-    random = trainer_probe.probe_features(cfg.replace(pretrained=False, pretrained_file=None),
-                                          max_images)
+        raise InputError(
+            f"the target's train split has {n} images for {classes} classes: the "
+            "scores need more images than classes and at least 2 per class"
+        )
+    random = trainer_probe.probe_features(
+        cfg.replace(pretrained=False, pretrained_file=None), max_images
+    )
     passes = found.seconds + random.seconds
     source = None
     if source_dataset and "domain_similarity" in scores:
-        source = trainer_probe.probe_features(cfg.replace(**source_dataset, num_classes=None),
-                                              max_images)
+        source = trainer_probe.probe_features(
+            cfg.replace(**source_dataset, num_classes=None), max_images
+        )
         passes += source.seconds
     t1 = time.perf_counter()
     layers = []
     for ours, ref in zip(found.layers[1:], random.layers[1:]):  # layer 1: a fresh classifier
-        row: dict[str, Any] = {"index": ours.index, "name": ours.name, "dim": ours.features.shape[1]}
+        row: dict[str, Any] = {
+            "index": ours.index,
+            "name": ours.name,
+            "dim": ours.features.shape[1],
+        }
         if "probe_acc" in scores:
             row["probe_acc"] = sc.ridge_probe_accuracy(ours.features, found.labels)
             row["random_acc"] = sc.ridge_probe_accuracy(ref.features, found.labels)
@@ -107,18 +123,29 @@ def run_probe(spec: StudySpec, *, base_lr: float, scores: tuple[str, ...] = SCOR
         model["emd"], model["domain_similarity"] = emd, float(math.exp(-0.01 * emd))
     suggestion, reasons = suggest(layers, n, base_lr) if "probe_acc" in scores else ({}, [])
     t2 = time.perf_counter()
-    return ProbeResult(layers, model, suggestion, reasons,
-                       {"pass": passes, "scores": t2 - t1, "total": t2 - t0})
+    return ProbeResult(
+        layers, model, suggestion, reasons, {"pass": passes, "scores": t2 - t1, "total": t2 - t0}
+    )
 
 
 def rows(result: ProbeResult) -> list[dict[str, Any]]:
     """The result as `nbtl_probe` rows: (layer, layer_name, score, value)."""
-    out = [{"layer": r["index"], "layer_name": r["name"], "score": k, "value": float(v)}
-           for r in result.layers for k, v in r.items() if k not in ("index", "name")]
-    out += [{"layer": None, "layer_name": None, "score": k, "value": float(v)}
-            for k, v in result.model.items()]
-    out += [{"layer": None, "layer_name": None, "score": f"suggested.{k}", "value": float(v)}
-            for k, v in result.suggestion.items()]
-    out += [{"layer": None, "layer_name": None, "score": f"seconds.{k}", "value": float(v)}
-            for k, v in result.seconds.items()]
+    out = [
+        {"layer": r["index"], "layer_name": r["name"], "score": k, "value": float(v)}
+        for r in result.layers
+        for k, v in r.items()
+        if k not in ("index", "name")
+    ]
+    out += [
+        {"layer": None, "layer_name": None, "score": k, "value": float(v)}
+        for k, v in result.model.items()
+    ]
+    out += [
+        {"layer": None, "layer_name": None, "score": f"suggested.{k}", "value": float(v)}
+        for k, v in result.suggestion.items()
+    ]
+    out += [
+        {"layer": None, "layer_name": None, "score": f"seconds.{k}", "value": float(v)}
+        for k, v in result.seconds.items()
+    ]
     return out

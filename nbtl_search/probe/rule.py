@@ -29,38 +29,62 @@ FIT_SOME = 10.0  # points of linear-probe accuracy that pre-training adds at the
 FIT_STRONG = 30.0
 
 
-def suggest(layers: list[dict[str, Any]], n_images: int, base_lr: float) -> tuple[dict[str, Any], list[str]]:
+def suggest(
+    layers: list[dict[str, Any]], n_images: int, base_lr: float
+) -> tuple[dict[str, Any], list[str]]:
     """The rule of the module docstring: (axis values, the reasons in words)."""
     best = max(layers, key=lambda r: r["probe_acc"])
     p = best["probe_acc"] / 100
     tolerance = 100 * math.sqrt(max(p * (1 - p), 1e-4) / n_images)  # one binomial standard error
-    keep = min((r for r in layers if r["probe_acc"] >= best["probe_acc"] - tolerance),
-               key=lambda r: r["index"])
+    keep = min(
+        (r for r in layers if r["probe_acc"] >= best["probe_acc"] - tolerance),
+        key=lambda r: r["index"],
+    )
     new_layers = max(1, keep["index"] - 1)
     fit = keep["fit"]
-    reasons = [f"layer {keep['index']} ({keep['name']}) is the highest whose features fit the target "
-               f"within one standard error ({tolerance:.1f} points) of the best layer "
-               f"({best['index']}, {best['probe_acc']:.1f}%): re-initialise the {new_layers} "
-               f"layer(s) above it"]
+    reasons = [
+        f"layer {keep['index']} ({keep['name']}) is the highest whose features fit the target "
+        f"within one standard error ({tolerance:.1f} points) of the best layer "
+        f"({best['index']}, {best['probe_acc']:.1f}%): re-initialise the {new_layers} "
+        f"layer(s) above it"
+    ]
     if fit >= FIT_STRONG:
         rate, slower = 0.1, 10.0
     elif fit >= FIT_SOME:
         rate, slower = 0.01, 3.0
     else:
         rate, slower = 0.0, 1.0
-    reasons.append(f"pre-training adds {fit:+.1f} points of linear-probe accuracy at that layer "
-                   + (f"(>= {FIT_SOME:g}): L2-SP {rate:g} towards the pre-trained weights, "
-                      f"transferred layers {slower:g}x slower" if rate else
-                      f"(< {FIT_SOME:g}): no L2-SP, one learning rate"))
-    suggestion = {"new_layers": new_layers, "lr_new": base_lr, "lr_upper": base_lr / slower,
-                  "lr_lower": base_lr / slower, "l2sp_upper": rate, "l2sp_lower": rate}
+    reasons.append(
+        f"pre-training adds {fit:+.1f} points of linear-probe accuracy at that layer "
+        + (
+            f"(>= {FIT_SOME:g}): L2-SP {rate:g} towards the pre-trained weights, "
+            f"transferred layers {slower:g}x slower"
+            if rate
+            else f"(< {FIT_SOME:g}): no L2-SP, one learning rate"
+        )
+    )
+    suggestion = {
+        "new_layers": new_layers,
+        "lr_new": base_lr,
+        "lr_upper": base_lr / slower,
+        "lr_lower": base_lr / slower,
+        "l2sp_upper": rate,
+        "l2sp_lower": rate,
+    }
     return suggestion, reasons
 
 
 def base_lr(spec: StudySpec, store: ResultStore | None) -> tuple[float, str]:
     """The best default's lr when the baseline has run, else the middle of its grid."""
-    done = [] if store is None else [r for r in store.runs(study=spec.name, role="default")
-                                     if r["state"] == "complete" and r["val_top1"] is not None]
+    done = (
+        []
+        if store is None
+        else [
+            r
+            for r in store.runs(study=spec.name, role="default")
+            if r["state"] == "complete" and r["val_top1"] is not None
+        ]
+    )
     if done:
         best = max(done, key=lambda r: (r["val_top1"], -r["id"]))
         return float(best["config"]["lrs"][0]), "the best default's"
@@ -71,7 +95,7 @@ def base_lr(spec: StudySpec, store: ResultStore | None) -> tuple[float, str]:
 def stored_suggestion(rows: list[dict[str, Any]]) -> dict[str, float]:
     """The suggestion of a study's stored probe rows (`ResultStore.probe`)."""
     prefix = "suggested."
-    return {r["score"][len(prefix):]: r["value"] for r in rows if r["score"].startswith(prefix)}
+    return {r["score"][len(prefix) :]: r["value"] for r in rows if r["score"].startswith(prefix)}
 
 
 def suggested_values(suggestion: dict[str, Any]) -> dict[str, Any]:
@@ -93,11 +117,17 @@ def suggestion_params(spec: StudySpec, values: dict[str, Any]) -> dict[str, Any]
             params[name] = bool(value)
         elif isinstance(dist, (FloatDistribution, IntDistribution)):
             clipped = min(max(value, dist.low), dist.high)
-            params[name] = int(round(clipped)) if isinstance(dist, IntDistribution) else float(clipped)
+            params[name] = (
+                int(round(clipped)) if isinstance(dist, IntDistribution) else float(clipped)
+            )
         elif isinstance(dist, CategoricalDistribution):
-            numbers = [c for c in dist.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+            numbers = [
+                c for c in dist.choices if isinstance(c, (int, float)) and not isinstance(c, bool)
+            ]
             if numbers and isinstance(value, (int, float)):
-                params[name] = min(numbers, key=lambda c: abs(math.log((c or 1e-12) / (value or 1e-12))))
+                params[name] = min(
+                    numbers, key=lambda c: abs(math.log((c or 1e-12) / (value or 1e-12)))
+                )
     if not params:
         return None
     for name, dist in dists.items():  # every other parameter: its range's middle, or first choice
@@ -107,5 +137,7 @@ def suggestion_params(spec: StudySpec, values: dict[str, Any]) -> dict[str, Any]
             elif isinstance(dist, IntDistribution):
                 params[name] = (dist.low + dist.high) // 2
             else:
-                params[name] = math.sqrt(dist.low * dist.high) if dist.log else (dist.low + dist.high) / 2
+                params[name] = (
+                    math.sqrt(dist.low * dist.high) if dist.log else (dist.low + dist.high) / 2
+                )
     return params

@@ -20,14 +20,22 @@ def warm_study_yaml(spec: StudySpec, suggestion: dict) -> str:
     for name, axis in spec.search_space.items():
         value = values.get(name)
         space[name] = _narrowed(axis, value) if value is not None else _as_yaml(axis)
-    doc = {"name": f"{spec.name}-warm", "storage": spec.storage, "dataset": spec.dataset,
-           "model": spec.model, "train": spec.train, "search_space": space,
-           "sampler": _knobs(spec.sampler, SAMPLER_KEYS[spec.sampler.type]),
-           "pruner": _knobs(spec.pruner, PRUNER_KEYS[spec.pruner.type]),
-           "budget": _knobs(spec.budget, ("n_trials", "timeout")),
-           "probe": {"enqueue": True}}
-    header = (f"# {spec.name} narrowed around its probe's suggestion; `nbtl-search probe` this file "
-              "once, then `run` it: the suggestion and the default settings are its first trials\n")
+    doc = {
+        "name": f"{spec.name}-warm",
+        "storage": spec.storage,
+        "dataset": spec.dataset,
+        "model": spec.model,
+        "train": spec.train,
+        "search_space": space,
+        "sampler": _knobs(spec.sampler, SAMPLER_KEYS[spec.sampler.type]),
+        "pruner": _knobs(spec.pruner, PRUNER_KEYS[spec.pruner.type]),
+        "budget": _knobs(spec.budget, ("n_trials", "timeout")),
+        "probe": {"enqueue": True},
+    }
+    header = (
+        f"# {spec.name} narrowed around its probe's suggestion; `nbtl-search probe` this file "
+        "once, then `run` it: the suggestion and the default settings are its first trials\n"
+    )
     return header + yaml.safe_dump(doc, sort_keys=False)
 
 
@@ -37,13 +45,28 @@ def _knobs(knobs, keys: tuple[str, ...]) -> dict:
 
 def _narrowed(axis, value) -> dict | object:
     if axis.kind == "int":
-        return {"type": "int", "low": max(axis.low, int(value) - 1), "high": min(axis.high, int(value) + 1)}
+        return {
+            "type": "int",
+            "low": max(axis.low, int(value) - 1),
+            "high": min(axis.high, int(value) + 1),
+        }
     if axis.kind == "float" and value > 0:
-        low, high = (max(axis.low, value / 3), min(axis.high, value * 3)) if axis.log else \
-            (max(axis.low, value - (axis.high - axis.low) / 4), min(axis.high, value + (axis.high - axis.low) / 4))
+        low, high = (
+            (max(axis.low, value / 3), min(axis.high, value * 3))
+            if axis.log
+            else (
+                max(axis.low, value - (axis.high - axis.low) / 4),
+                min(axis.high, value + (axis.high - axis.low) / 4),
+            )
+        )
         if low <= high:
-            return {"type": "float", "low": float(f"{low:.3g}"), "high": float(f"{high:.3g}"),
-                    "log": axis.log, "allow_zero": axis.allow_zero}
+            return {
+                "type": "float",
+                "low": float(f"{low:.3g}"),
+                "high": float(f"{high:.3g}"),
+                "log": axis.log,
+                "allow_zero": axis.allow_zero,
+            }
     return _as_yaml(axis)
 
 

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -31,14 +30,15 @@ from rich.live import Live
 from rich.table import Table
 
 from nbtl_search.store import attrs
+from nbtl_search.store.connection import open_rdb
 from nbtl_search.store.lock import StudyLock
-from .trial_queue import FINISHED, sync
 from nbtl_search.store.results import ResultStore, ensure_schema
 from nbtl_search.study.roles import Role
 from nbtl_search.study.spec import StudySpec
+
 from .processes import PARENT_ENV, STORAGE_ENV, Slot
 from .signals import stop_on_signals
-from nbtl_search.store.connection import open_rdb
+from .trial_queue import FINISHED, sync
 from .worker import GAVE_UP, MAX_FAILURES_IN_A_ROW, prepare_study
 
 MAX_RESTARTS = 3  # per slot: a worker that keeps crashing is a bug to look at, not to loop on
@@ -49,9 +49,17 @@ def log_dir(spec: StudySpec, role: Role) -> Path:
     return Path("nbtl-logs") / f"{spec.name}-{role.name}"
 
 
-def launch(spec: StudySpec, url: str, role: Role, slots: list[Slot], *, budget: int | None = None,
-           timeout: float | None = None, image_cache: bool = True,
-           console: Console | None = None) -> list[str]:
+def launch(
+    spec: StudySpec,
+    url: str,
+    role: Role,
+    slots: list[Slot],
+    *,
+    budget: int | None = None,
+    timeout: float | None = None,
+    image_cache: bool = True,
+    console: Console | None = None,
+) -> list[str]:
     """Run the study to its end with `slots` worker processes; returns the names of workers that
     stopped early for good (crashed past their restarts, or gave up on failing trials)."""
     console = console or Console(soft_wrap=True)
@@ -70,15 +78,20 @@ def launch(spec: StudySpec, url: str, role: Role, slots: list[Slot], *, budget: 
     crashed: list[str] = []
 
     def start(name: str) -> None:
-        procs[name] = _start(spec, url, role, by_name[name], index[name], budget, timeout,
-                             image_cache, logs)
+        procs[name] = _start(
+            spec, url, role, by_name[name], index[name], budget, timeout, image_cache, logs
+        )
 
     try:
         with stop_on_signals():
             for slot in slots:
                 start(slot.name)
-            with Live(_table(study, role, spec, procs), console=console, refresh_per_second=2,
-                      transient=not console.is_terminal) as live:
+            with Live(
+                _table(study, role, spec, procs),
+                console=console,
+                refresh_per_second=2,
+                transient=not console.is_terminal,
+            ) as live:
                 while procs:
                     for name, proc in list(procs.items()):
                         code = proc.poll()
@@ -88,15 +101,22 @@ def launch(spec: StudySpec, url: str, role: Role, slots: list[Slot], *, budget: 
                         if code != 0:
                             _recover_trials(study, url, proc.pid, code)
                         if code == GAVE_UP:
-                            console.print(f"[red]worker {name} stopped: {MAX_FAILURES_IN_A_ROW} "
-                                          "trials in a row failed; reasons in `nbtl-search status`, "
-                                          f"log: {logs / name}.log")
+                            console.print(
+                                f"[red]worker {name} stopped: {MAX_FAILURES_IN_A_ROW} "
+                                "trials in a row failed; reasons in `nbtl-search status`, "
+                                f"log: {logs / name}.log"
+                            )
                             crashed.append(name)
-                        elif code != 0 and not _done(study, role, spec, budget) \
-                                and restarts[name] < MAX_RESTARTS:
+                        elif (
+                            code != 0
+                            and not _done(study, role, spec, budget)
+                            and restarts[name] < MAX_RESTARTS
+                        ):
                             restarts[name] += 1
-                            console.print(f"[yellow]worker {name} exited with {code}; restarting "
-                                          f"({restarts[name]}/{MAX_RESTARTS}), log: {logs / name}.log")
+                            console.print(
+                                f"[yellow]worker {name} exited with {code}; restarting "
+                                f"({restarts[name]}/{MAX_RESTARTS}), log: {logs / name}.log"
+                            )
                             start(name)
                         elif code != 0:
                             crashed.append(name)
@@ -138,23 +158,48 @@ def _recover_trials(study: optuna.Study, url: str, pid: int, code: int | None) -
     """The trials a dead local worker was running: failed now (not after the heartbeat grace
     period) without a reason, which marks them lost: the queue re-queues each once."""
     label = f"{socket.gethostname()}:{pid}"
-    running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-               if t.user_attrs.get(attrs.WORKER) == label]
+    running = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t.user_attrs.get(attrs.WORKER) == label
+    ]
     store = ResultStore(url)
     try:
         for t in running:
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             if attrs.RUN_ID in t.user_attrs:
-                store.mark_lost(t.user_attrs[attrs.RUN_ID],
-                                f"worker lost: {label} exited with {code}; re-queued")
+                store.mark_lost(
+                    t.user_attrs[attrs.RUN_ID],
+                    f"worker lost: {label} exited with {code}; re-queued",
+                )
     finally:
         store.close()
 
 
-def _start(spec: StudySpec, url: str, role: Role, slot: Slot, index: int, budget: int | None,
-           timeout: float | None, image_cache: bool, logs: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "nbtl_search", "worker", str(spec.path), "--device", slot.device,
-           "--role", role.name, "--index", str(index)]
+def _start(
+    spec: StudySpec,
+    url: str,
+    role: Role,
+    slot: Slot,
+    index: int,
+    budget: int | None,
+    timeout: float | None,
+    image_cache: bool,
+    logs: Path,
+) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "nbtl_search",
+        "worker",
+        str(spec.path),
+        "--device",
+        slot.device,
+        "--role",
+        role.name,
+        "--index",
+        str(index),
+    ]
     if budget:
         cmd += ["--budget", str(budget)]
     if timeout:
@@ -165,19 +210,27 @@ def _start(spec: StudySpec, url: str, role: Role, slot: Slot, index: int, budget
         cmd += ["--no-image-cache"]
     env = {**os.environ, **slot.env, STORAGE_ENV: url, PARENT_ENV: str(os.getpid())}
     with open(logs / f"{slot.name}.log", "ab") as log:  # the child keeps its own copy
-        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+        return subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
 
 
-def _table(study: optuna.Study, role: Role, spec: StudySpec, procs: dict[str, subprocess.Popen]) -> Table:
+def _table(
+    study: optuna.Study, role: Role, spec: StudySpec, procs: dict[str, subprocess.Popen]
+) -> Table:
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state for t in trials)
     S = TrialState
-    target = role.budget(spec) if role.points(spec) is None else \
-        len({t.user_attrs.get(attrs.POINT) for t in trials} - {None})
-    table = Table(title=f"{study.study_name}: {counts[S.COMPLETE] + counts[S.PRUNED]}/{target} done, "
-                        f"{counts[S.RUNNING]} running, {counts[S.PRUNED]} pruned, "
-                        f"{counts[S.FAIL]} failed, best {_best(study)}")
+    target = (
+        role.budget(spec)
+        if role.points(spec) is None
+        else len({t.user_attrs.get(attrs.POINT) for t in trials} - {None})
+    )
+    table = Table(
+        title=f"{study.study_name}: {counts[S.COMPLETE] + counts[S.PRUNED]}/{target} done, "
+        f"{counts[S.RUNNING]} running, {counts[S.PRUNED]} pruned, "
+        f"{counts[S.FAIL]} failed, best {_best(study)}"
+    )
     table.add_column("worker")
     table.add_column("trial")
     table.add_column("epoch")
@@ -186,8 +239,12 @@ def _table(study: optuna.Study, role: Role, spec: StudySpec, procs: dict[str, su
     for name, proc in procs.items():
         t = next((t for w, t in running.items() if w.endswith(f":{proc.pid}")), None)
         last = max(t.intermediate_values) if t and t.intermediate_values else None
-        table.add_row(name, str(t.number) if t else "-", str(last or "-"),
-                      f"{t.intermediate_values[last]:.2f}" if last else "-")
+        table.add_row(
+            name,
+            str(t.number) if t else "-",
+            str(last or "-"),
+            f"{t.intermediate_values[last]:.2f}" if last else "-",
+        )
     return table
 
 
@@ -200,5 +257,7 @@ def _best(study: optuna.Study) -> str:
 
 def _summary(study: optuna.Study, counts: Counter, target: int) -> str:
     S = TrialState
-    return (f"{study.study_name}: {counts[S.COMPLETE]} complete, {counts[S.PRUNED]} pruned, "
-            f"{counts[S.FAIL]} failed; best {_best(study)}")
+    return (
+        f"{study.study_name}: {counts[S.COMPLETE]} complete, {counts[S.PRUNED]} pruned, "
+        f"{counts[S.FAIL]} failed; best {_best(study)}"
+    )

@@ -1,9 +1,9 @@
 """The one place that turns trainer outcomes into Optuna trial states and nbtl run states.
 
-    fit() returns, all epochs run       -> COMPLETE, run `complete`, value = best (or last) epoch metric
-    the reporter answered STOP (pruned) -> PRUNED,   run `pruned`
-    any exception, NaN loss, no value   -> FAIL,     run `failed` with the reason; the worker goes on
-    the worker is stopped (a signal)    -> FAIL,     run `failed`, marked lost: re-queued on a rerun
+fit() returns, all epochs run       -> COMPLETE, run `complete`, value = best (or last) epoch metric
+the reporter answered STOP (pruned) -> PRUNED,   run `pruned`
+any exception, NaN loss, no value   -> FAIL,     run `failed` with the reason; the worker goes on
+the worker is stopped (a signal)    -> FAIL,     run `failed`, marked lost: re-queued on a rerun
 
 """
 
@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import gc
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
-
-from trainer import Decision, EpochMetrics, StopReason, TrainResult
 
 from nbtl_search.store import attrs
 from nbtl_search.store.results import ResultStore
 from nbtl_search.study.roles import Role
 from nbtl_search.study.sampling import suggest
 from nbtl_search.study.spec import StudySpec
+from trainer import Decision, EpochMetrics, StopReason, TrainResult
+
 from .signals import Stopped, stop_requested
 
 FitFn = Callable[..., TrainResult]
@@ -36,9 +36,17 @@ class EpochRecorder:
         self.store, self.run_id = store, run_id
 
     def report(self, epoch: int, m: EpochMetrics) -> Decision:
-        self.store.add_epoch(self.run_id, epoch=epoch, train_loss=m.train_loss, val_loss=m.val_loss,
-                             val_top1=m.val_top1, val_top5=m.val_top5, lrs=list(m.lrs),
-                             penalty=m.penalty, seconds=m.seconds)
+        self.store.add_epoch(
+            self.run_id,
+            epoch=epoch,
+            train_loss=m.train_loss,
+            val_loss=m.val_loss,
+            val_top1=m.val_top1,
+            val_top5=m.val_top5,
+            lrs=list(m.lrs),
+            penalty=m.penalty,
+            seconds=m.seconds,
+        )
         return Decision.CONTINUE
 
 
@@ -93,9 +101,14 @@ class Objective:
             config = self.role.config(self.spec, params).replace(device=self.device)
             if self.image_cache is not None:
                 config = config.replace(image_cache=self.image_cache)
-            run_id = self.store.start_run(study=self.spec.name, role=self.role.name,
-                                          config=config.to_dict(), seed=config.seed,
-                                          device=config.device, trial_number=trial.number)
+            run_id = self.store.start_run(
+                study=self.spec.name,
+                role=self.role.name,
+                config=config.to_dict(),
+                seed=config.seed,
+                device=config.device,
+                trial_number=trial.number,
+            )
             self.last_run_id = run_id
             trial.set_user_attr(attrs.RUN_ID, run_id)
             reporter = TrialReporter(trial, self.store, run_id, self.spec.objective.metric)
@@ -105,8 +118,9 @@ class Objective:
         except BaseException as e:
             lost = isinstance(e, KeyboardInterrupt) or stop_requested() is not None
             stop = stop_requested() or type(e).__name__
-            reason = (f"worker stopped ({stop}); re-queued on the next run" if lost
-                      else failure_reason(e))
+            reason = (
+                f"worker stopped ({stop}); re-queued on the next run" if lost else failure_reason(e)
+            )
             self.last_reason = reason
             trial.set_user_attr(attrs.FAIL_REASON, reason)  # optuna-dashboard shows it
             if lost:
@@ -119,9 +133,14 @@ class Objective:
             raise
         self.last_state = TrialState.PRUNED if pruned else TrialState.COMPLETE
         self.store.finish_run(
-            run_id, state="pruned" if pruned else "complete", val_top1=result.best_val_top1,
-            best_epoch=result.best_epoch, epochs_run=len(result.history), wall_s=result.wall_s,
-            images_per_s=result.images_per_s)
+            run_id,
+            state="pruned" if pruned else "complete",
+            val_top1=result.best_val_top1,
+            best_epoch=result.best_epoch,
+            epochs_run=len(result.history),
+            wall_s=result.wall_s,
+            images_per_s=result.images_per_s,
+        )
         if pruned:
             raise optuna.TrialPruned(f"pruned after epoch {len(result.history)}")
         return value
@@ -144,8 +163,11 @@ class Objective:
     def _value(self, result: TrainResult) -> float:
         metric = self.spec.objective.metric
         values = [getattr(m, metric) for m in result.history]
-        value = values[-1] if self.spec.objective.mode == "last" else max(
-            (v for v in values if v is not None), default=None)
+        value = (
+            values[-1]
+            if self.spec.objective.mode == "last"
+            else max((v for v in values if v is not None), default=None)
+        )
         if value is None or not math.isfinite(value):
             raise ValueError(f"trial produced no finite {metric} (got {value})")
         return float(value)
@@ -165,5 +187,5 @@ def _free_memory(e: BaseException) -> None:
             import torch
 
             torch.cuda.empty_cache()
-        except Exception:  # noqa: BLE001 - no CUDA here: nothing to free
+        except Exception:
             pass

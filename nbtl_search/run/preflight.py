@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from trainer import InputError
-
 from nbtl_search.study.checks import SpecError
 from nbtl_search.study.spec import StudySpec
+from trainer import InputError
 
 
 def preflight(spec: StudySpec) -> None:
@@ -32,8 +31,10 @@ def preflight(spec: StudySpec) -> None:
     if new_hi > n:
         raise SpecError(f"search_space.new_layers: up to {new_hi}, but {cfg.model} has {n} layers")
     if new_hi + low_hi > n:
-        raise SpecError(f"search_space.num_low: up to {low_hi} with new_layers up to {new_hi} "
-                        f"exceeds the {n} layers of {cfg.model} (need num_low <= {n} - new_layers)")
+        raise SpecError(
+            f"search_space.num_low: up to {low_hi} with new_layers up to {new_hi} "
+            f"exceeds the {n} layers of {cfg.model} (need num_low <= {n} - new_layers)"
+        )
 
 
 def _high(axis: Any, default: int) -> int:

@@ -35,8 +35,11 @@ def cpu_threads(jobs: int) -> int:
 
 
 def gpu_slots(gpus: list[int], per_gpu: int) -> list[Slot]:
-    return [Slot(f"gpu{g}.{k}", "cuda", {"CUDA_VISIBLE_DEVICES": str(g)})
-            for g in gpus for k in range(per_gpu)]
+    return [
+        Slot(f"gpu{g}.{k}", "cuda", {"CUDA_VISIBLE_DEVICES": str(g)})
+        for g in gpus
+        for k in range(per_gpu)
+    ]
 
 
 def cpu_slots(workers: int) -> list[Slot]:
@@ -63,8 +66,9 @@ def slots_from_args(args: argparse.Namespace) -> list[Slot]:
         raise InputError(f"--gpus takes comma-separated GPU indices, got {args.gpus!r}") from None
     missing = [g for g in gpus if not 0 <= g < available]
     if missing:
-        raise InputError(f"--gpus names GPU {missing[0]}, but only {available} GPU(s) exist "
-                         f"(0..{available - 1})")
+        raise InputError(
+            f"--gpus names GPU {missing[0]}, but only {available} GPU(s) exist (0..{available - 1})"
+        )
     return gpu_slots(gpus, args.per_gpu)
 
 

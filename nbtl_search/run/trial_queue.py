@@ -29,14 +29,14 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from nbtl_search.probe.rule import base_lr, stored_suggestion, suggested_values, suggestion_params
 from nbtl_search.store import attrs
+from nbtl_search.store.connection import fail_stale_trials
+from nbtl_search.store.results import ResultStore
 from nbtl_search.study.axes import values_from_fields
 from nbtl_search.study.default_settings import binary_transfer
-from nbtl_search.probe.rule import base_lr, stored_suggestion, suggested_values, suggestion_params
-from nbtl_search.store.results import ResultStore
 from nbtl_search.study.roles import Role
 from nbtl_search.study.spec import StudySpec
-from nbtl_search.store.connection import fail_stale_trials
 
 MAX_RETRIES = 3  # re-queued copies per original trial
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # failed trials never use up the budget
@@ -57,11 +57,17 @@ def is_lost(trial: FrozenTrial) -> bool:
     """Failed because its worker went away, not because of what it trained: a stale heartbeat
     leaves no reason, a stopped or killed worker is marked `nbtl_lost`."""
     return trial.state == TrialState.FAIL and (
-        bool(trial.user_attrs.get(attrs.LOST)) or attrs.FAIL_REASON not in trial.user_attrs)
+        bool(trial.user_attrs.get(attrs.LOST)) or attrs.FAIL_REASON not in trial.user_attrs
+    )
 
 
-def sync(study: optuna.Study, role: Role, spec: StudySpec, store: ResultStore | None,
-         budget: int | None = None) -> list[FrozenTrial]:
+def sync(
+    study: optuna.Study,
+    role: Role,
+    spec: StudySpec,
+    store: ResultStore | None,
+    budget: int | None = None,
+) -> list[FrozenTrial]:
     """Steps 1-5 of the module docstring; returns the trials as they are afterwards. `budget`
     overrides the study's (a search re-queues lost trials only while its budget has room)."""
     fail_stale_trials(study)
@@ -76,19 +82,34 @@ def sync(study: optuna.Study, role: Role, spec: StudySpec, store: ResultStore | 
             study.enqueue_trial(point, user_attrs={attrs.WARM_START: label, attrs.ATTEMPT: 1})
         trials = study.get_trials(deepcopy=False)
     points = role.points(spec)
-    room = points is not None or sum(t.state in FINISHED for t in trials) < role.budget(spec, budget)
+    room = points is not None or sum(t.state in FINISHED for t in trials) < role.budget(
+        spec, budget
+    )
     for t in trials:
-        if (room and t.state == TrialState.FAIL and t.number not in retried and t.params
-                and (is_lost(t) or points is not None)
-                and t.user_attrs.get(attrs.ATTEMPT, 1) <= MAX_RETRIES):
+        if (
+            room
+            and t.state == TrialState.FAIL
+            and t.number not in retried
+            and t.params
+            and (is_lost(t) or points is not None)
+            and t.user_attrs.get(attrs.ATTEMPT, 1) <= MAX_RETRIES
+        ):
             keep = {k: v for k, v in t.user_attrs.items() if k in (attrs.POINT, attrs.EXTENSION)}
-            study.enqueue_trial(t.params, user_attrs={
-                **keep, attrs.RETRY_OF: t.number, attrs.ATTEMPT: t.user_attrs.get(attrs.ATTEMPT, 1) + 1})
+            study.enqueue_trial(
+                t.params,
+                user_attrs={
+                    **keep,
+                    attrs.RETRY_OF: t.number,
+                    attrs.ATTEMPT: t.user_attrs.get(attrs.ATTEMPT, 1) + 1,
+                },
+            )
     if points is not None:
         known = {t.user_attrs.get(attrs.POINT) for t in trials}
         for point in points:
             if point_key(point) not in known:
-                study.enqueue_trial(point, user_attrs={attrs.POINT: point_key(point), attrs.ATTEMPT: 1})
+                study.enqueue_trial(
+                    point, user_attrs={attrs.POINT: point_key(point), attrs.ATTEMPT: 1}
+                )
         trials = study.get_trials(deepcopy=False)
         _extend(study, role, spec, trials)
     return study.get_trials(deepcopy=False)
@@ -99,12 +120,19 @@ def _extend(study: optuna.Study, role: Role, spec: StudySpec, trials: list[Froze
     if busy:
         return  # the edge is judged once every point has run
     finished = [(t.params, t.value) for t in trials if t.state == TrialState.COMPLETE]
-    extended = sum(1 for t in trials if t.user_attrs.get(attrs.EXTENSION) and
-                   t.user_attrs.get(attrs.ATTEMPT, 1) == 1)
+    extended = sum(
+        1
+        for t in trials
+        if t.user_attrs.get(attrs.EXTENSION) and t.user_attrs.get(attrs.ATTEMPT, 1) == 1
+    )
     point = role.extension(spec, finished, extended)
-    if point is not None and point_key(point) not in {t.user_attrs.get(attrs.POINT) for t in trials}:
-        study.enqueue_trial(point, user_attrs={attrs.POINT: point_key(point), attrs.ATTEMPT: 1,
-                                               attrs.EXTENSION: True})
+    if point is not None and point_key(point) not in {
+        t.user_attrs.get(attrs.POINT) for t in trials
+    }:
+        study.enqueue_trial(
+            point,
+            user_attrs={attrs.POINT: point_key(point), attrs.ATTEMPT: 1, attrs.EXTENSION: True},
+        )
 
 
 def warm_start(spec: StudySpec, store: ResultStore) -> list[tuple[dict[str, Any], str]]:
@@ -116,8 +144,10 @@ def warm_start(spec: StudySpec, store: ResultStore) -> list[tuple[dict[str, Any]
     lr, _ = base_lr(spec, store)
     default = values_from_fields({**binary_transfer(), "lrs": (lr,)})
     out: list[tuple[dict[str, Any], str]] = []
-    for values, label in ((suggested_values(suggestion), "probe suggestion"),
-                          (default, "default settings")):
+    for values, label in (
+        (suggested_values(suggestion), "probe suggestion"),
+        (default, "default settings"),
+    ):
         params = suggestion_params(spec, values)
         if params is None:
             continue
@@ -142,12 +172,18 @@ def next_action(trials: list[FrozenTrial], role: Role, spec: StudySpec, budget: 
 
 
 def lost_reason(trial: FrozenTrial) -> str:
-    return trial.user_attrs.get(attrs.FAIL_REASON) or \
-        "worker lost: no heartbeat for the grace period (re-queued)"
+    return (
+        trial.user_attrs.get(attrs.FAIL_REASON)
+        or "worker lost: no heartbeat for the grace period (re-queued)"
+    )
 
 
 def grid_coverage(trials: list[FrozenTrial]) -> tuple[int, int, int]:
     """(points finished once, points finished more than once, points enqueued) of a grid study."""
     done = Counter(t.user_attrs.get(attrs.POINT) for t in trials if t.state in FINISHED)
     points = {t.user_attrs.get(attrs.POINT) for t in trials} - {None}
-    return (sum(1 for p in points if done[p] == 1), sum(1 for p in points if done[p] > 1), len(points))
+    return (
+        sum(1 for p in points if done[p] == 1),
+        sum(1 for p in points if done[p] > 1),
+        len(points),
+    )

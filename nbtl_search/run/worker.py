@@ -19,14 +19,15 @@ import optuna
 from optuna.trial import TrialState
 
 from nbtl_search.store import attrs
+from nbtl_search.store.connection import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, open_rdb, quiet
 from nbtl_search.store.lock import StudyLock
-from .objective import FitFn, Objective
-from .trial_queue import Action, next_action, sync
 from nbtl_search.store.results import ResultStore
 from nbtl_search.study.roles import Role
 from nbtl_search.study.spec import StudySpec
+
+from .objective import FitFn, Objective
 from .signals import Stopped, stop_on_signals
-from nbtl_search.store.connection import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, open_rdb, quiet
+from .trial_queue import Action, next_action, sync
 
 MAX_FAILURES_IN_A_ROW = 5
 WAIT_POLL_S = 2  # while the last trials run elsewhere: how often an idle worker looks again
@@ -38,12 +39,18 @@ class StudyMismatch(ValueError):
     """The study name exists in this storage with a different search space."""
 
 
-def prepare_study(spec: StudySpec, storage: optuna.storages.BaseStorage, role: Role,
-                  worker: int = 0) -> optuna.Study:
+def prepare_study(
+    spec: StudySpec, storage: optuna.storages.BaseStorage, role: Role, worker: int = 0
+) -> optuna.Study:
     """Create the study once (or load it), refusing a name already used by a different space."""
-    study = optuna.create_study(study_name=role.study_name(spec), storage=storage,
-                                direction="maximize", load_if_exists=True,
-                                sampler=role.sampler(spec, worker), pruner=role.pruner(spec))
+    study = optuna.create_study(
+        study_name=role.study_name(spec),
+        storage=storage,
+        direction="maximize",
+        load_if_exists=True,
+        sampler=role.sampler(spec, worker),
+        pruner=role.pruner(spec),
+    )
     fingerprint = spec.fingerprint(role.name)
     existing = study.user_attrs.get(attrs.FINGERPRINT)
     if existing is None:
@@ -54,7 +61,8 @@ def prepare_study(spec: StudySpec, storage: optuna.storages.BaseStorage, role: R
     elif existing != fingerprint:
         raise StudyMismatch(
             f"study {role.study_name(spec)!r} already exists in this storage with a different "
-            f"search space, dataset or training settings; rename the study or use another storage")
+            f"search space, dataset or training settings; rename the study or use another storage"
+        )
     return study
 
 
@@ -71,16 +79,18 @@ class WorkerOptions:
     grace_period: int = GRACE_PERIOD_S
 
 
-def run_worker(spec: StudySpec, url: str, role: Role, opts: WorkerOptions,
-               fit: FitFn | None = None) -> int:
+def run_worker(
+    spec: StudySpec, url: str, role: Role, opts: WorkerOptions, fit: FitFn | None = None
+) -> int:
     """Join the study and run trials until it is done; returns the exit code.
     `fit` replaces trainer.fit in orchestration tests."""
     if opts.threads:
         import torch
 
         torch.set_num_threads(opts.threads)
-    storage = open_rdb(url, heartbeat_interval=opts.heartbeat_interval,
-                       grace_period=opts.grace_period)
+    storage = open_rdb(
+        url, heartbeat_interval=opts.heartbeat_interval, grace_period=opts.grace_period
+    )
     index = opts.index if opts.index is not None else os.getpid()  # other hosts: differ by pid
     study = prepare_study(spec, storage, role, index)
     budget = role.budget(spec, opts.budget)
@@ -88,9 +98,16 @@ def run_worker(spec: StudySpec, url: str, role: Role, opts: WorkerOptions,
     lock = StudyLock(url, study.study_name)
     # The lock is held from the decision until Optuna has handed this worker its trial (`ask`
     # inside `optimize`), i.e. until the objective starts: no two workers pop the same trial.
-    objective = Objective(spec, role, store, device=opts.device, image_cache=opts.image_cache,
-                          worker=f"{socket.gethostname()}:{os.getpid()}", fit=fit,
-                          on_start=lock.release)
+    objective = Objective(
+        spec,
+        role,
+        store,
+        device=opts.device,
+        image_cache=opts.image_cache,
+        worker=f"{socket.gethostname()}:{os.getpid()}",
+        fit=fit,
+        on_start=lock.release,
+    )
     timeout = opts.timeout or spec.budget.timeout
     deadline = None if timeout is None else time.monotonic() + timeout
     own, failures = 0, 0
@@ -101,8 +118,9 @@ def run_worker(spec: StudySpec, url: str, role: Role, opts: WorkerOptions,
                     break
                 lock.acquire()
                 try:
-                    action = next_action(sync(study, role, spec, store, opts.budget), role, spec,
-                                         budget)
+                    action = next_action(
+                        sync(study, role, spec, store, opts.budget), role, spec, budget
+                    )
                     if action is Action.CLAIM:
                         _run_one(study, objective)
                 finally:
@@ -117,8 +135,11 @@ def run_worker(spec: StudySpec, url: str, role: Role, opts: WorkerOptions,
                 if failures >= MAX_FAILURES_IN_A_ROW:
                     # failed trials do not count towards the budget: without this a study whose
                     # every trial fails (a corrupt file, a bad path on this host) would run forever
-                    print(f"error: {MAX_FAILURES_IN_A_ROW} trials in a row failed; the last: "
-                          f"{objective.last_reason or 'no reason recorded'}", file=sys.stderr)
+                    print(
+                        f"error: {MAX_FAILURES_IN_A_ROW} trials in a row failed; the last: "
+                        f"{objective.last_reason or 'no reason recorded'}",
+                        file=sys.stderr,
+                    )
                     return GAVE_UP
     except Stopped:
         print("stopped: the running trial was failed and will be re-queued", file=sys.stderr)

@@ -162,7 +162,7 @@ def open_rdb(
             storage = quiet(optuna.storages.RDBStorage, url, **kwargs)
             enable_wal(storage.engine)
             return storage
-        except Exception as error:  # noqa: BLE001 - every failure becomes one StorageError line
+        except Exception as error:
             if attempt + 1 < attempts and is_schema_race(error):
                 _backoff(attempt)
                 continue
@@ -177,8 +177,10 @@ def require_tables(url: str, table: str) -> None:
     shown = _masked(parsed)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         if not os.path.isfile(os.path.expanduser(parsed.database)):
-            raise StorageError(f"no database at '{shown}': nothing has run there yet "
-                               f"(check --storage, or run `nbtl-search run STUDY.yaml` first)")
+            raise StorageError(
+                f"no database at '{shown}': nothing has run there yet "
+                f"(check --storage, or run `nbtl-search run STUDY.yaml` first)"
+            )
     engine = sa.create_engine(url, **engine_kwargs(url))
     try:
         with engine.connect() as conn:
@@ -188,8 +190,10 @@ def require_tables(url: str, table: str) -> None:
     finally:
         engine.dispose()
     if not found:
-        raise StorageError(f"no nbtl-search study in '{shown}' (no table {table}): "
-                           f"run `nbtl-search run STUDY.yaml` first")
+        raise StorageError(
+            f"no nbtl-search study in '{shown}' (no table {table}): "
+            f"run `nbtl-search run STUDY.yaml` first"
+        )
 
 
 def enable_wal(engine: sa.Engine) -> None:

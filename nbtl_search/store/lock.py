@@ -87,8 +87,11 @@ def _file_lock(path: Path) -> Iterator[None]:
 def _advisory_lock(url: str, study: str) -> Iterator[None]:
     key = int.from_bytes(hashlib.sha256(f"nbtl:{study}".encode()).digest()[:8], "big", signed=True)
     # NullPool: the connection that held the lock is closed, never handed to someone else
-    engine = sa.create_engine(url, poolclass=NullPool, **{k: v for k, v in engine_kwargs(url).items()
-                                                          if k != "pool_pre_ping"})
+    engine = sa.create_engine(
+        url,
+        poolclass=NullPool,
+        **{k: v for k, v in engine_kwargs(url).items() if k != "pool_pre_ping"},
+    )
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})

@@ -21,13 +21,26 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from trainer.config import UNHASHED_ROLES, fields_with_role
 
-from .schema import (
-    FINAL_OF, ROLES, RUN_STATES, create_tables, epochs_table, ladder_table,
-    predictions_table, probe_table, runs_table,
-)  # fmt: skip
 from .connection import (
-    StorageError, check_url, describe, enable_wal, engine_kwargs, open_rdb, require_tables,
-)  # fmt: skip
+    StorageError,
+    check_url,
+    describe,
+    enable_wal,
+    engine_kwargs,
+    open_rdb,
+    require_tables,
+)
+from .schema import (
+    FINAL_OF,
+    ROLES,
+    RUN_STATES,
+    create_tables,
+    epochs_table,
+    ladder_table,
+    predictions_table,
+    probe_table,
+    runs_table,
+)
 
 # Fields that say where or how a run executes, or on which split, not what it trains (their role
 # in trainer.config): two runs that differ only in these have the same settings and hash the same.
@@ -83,12 +96,22 @@ class ResultStore:
         if missing:
             raise ValueError(f"config lacks {', '.join(missing)}")
         row = dict(
-            study=study, role=role, trial_number=trial_number, dataset=str(config["dataset"]),
-            model=str(config["model"]), config=json.dumps(config, sort_keys=True),
-            config_hash=config_hash(config), seed=int(seed), state="running", epochs_run=0,
-            device=device, host=socket.gethostname(), started_at=_now(),
-            source_run_id=source_run_id, final_of=final_of,
-        )  # fmt: skip
+            study=study,
+            role=role,
+            trial_number=trial_number,
+            dataset=str(config["dataset"]),
+            model=str(config["model"]),
+            config=json.dumps(config, sort_keys=True),
+            config_hash=config_hash(config),
+            seed=int(seed),
+            state="running",
+            epochs_run=0,
+            device=device,
+            host=socket.gethostname(),
+            started_at=_now(),
+            source_run_id=source_run_id,
+            final_of=final_of,
+        )
         with self._engine.begin() as conn:
             return int(conn.execute(runs_table.insert().values(**row)).inserted_primary_key[0])
 
@@ -107,10 +130,14 @@ class ResultStore:
     ) -> None:
         """Record one epoch; reporting the same epoch again (a resumed run) replaces it."""
         values = dict(
-            train_loss=_float(train_loss), val_loss=_float(val_loss), val_top1=_float(val_top1),
-            val_top5=_float(val_top5), lrs=json.dumps([float(v) for v in lrs]),
-            penalty=_float(penalty), seconds=_float(seconds),
-        )  # fmt: skip
+            train_loss=_float(train_loss),
+            val_loss=_float(val_loss),
+            val_top1=_float(val_top1),
+            val_top5=_float(val_top5),
+            lrs=json.dumps([float(v) for v in lrs]),
+            penalty=_float(penalty),
+            seconds=_float(seconds),
+        )
         dialect = sqlite if self._engine.dialect.name == "sqlite" else postgresql
         insert = dialect.insert(epochs_table).values(run_id=run_id, epoch=epoch, **values)
         upsert = insert.on_conflict_do_update(index_elements=["run_id", "epoch"], set_=values)
@@ -137,11 +164,21 @@ class ResultStore:
         run reports how far it got without the caller keeping count."""
         if state not in RUN_STATES or state == "running":
             raise ValueError(f"state must be one of {RUN_STATES[1:]}, got {state!r}")
-        values = {k: v for k, v in dict(
-            val_top1=_float(val_top1), best_epoch=best_epoch, epochs_run=epochs_run,
-            test_top1=_float(test_top1), test_top5=_float(test_top5), wall_s=_float(wall_s),
-            images_per_s=_float(images_per_s), error=error, predictions_path=predictions_path,
-        ).items() if v is not None}  # fmt: skip
+        values = {
+            k: v
+            for k, v in dict(
+                val_top1=_float(val_top1),
+                best_epoch=best_epoch,
+                epochs_run=epochs_run,
+                test_top1=_float(test_top1),
+                test_top5=_float(test_top5),
+                wall_s=_float(wall_s),
+                images_per_s=_float(images_per_s),
+                error=error,
+                predictions_path=predictions_path,
+            ).items()
+            if v is not None
+        }
         if not self._finish(run_id, state, values, only_running=False):
             raise ValueError(f"no run with id {run_id} in {self.url}")
 
@@ -170,7 +207,9 @@ class ResultStore:
         averaged-softmax ensemble and halve the size) and labels; a rerun replaces them."""
         buffer = io.BytesIO()
         np.savez_compressed(buffer, probs=probs.astype(np.float16), labels=labels.astype(np.int64))
-        row = dict(n_images=int(probs.shape[0]), n_classes=int(probs.shape[1]), npz=buffer.getvalue())
+        row = dict(
+            n_images=int(probs.shape[0]), n_classes=int(probs.shape[1]), npz=buffer.getvalue()
+        )
         with self._engine.begin() as conn:
             conn.execute(predictions_table.delete().where(predictions_table.c.run_id == run_id))
             conn.execute(predictions_table.insert().values(run_id=run_id, **row))
@@ -181,23 +220,38 @@ class ResultStore:
         with self._engine.begin() as conn:
             conn.execute(probe_table.delete().where(probe_table.c.study == study))
             if rows:
-                conn.execute(probe_table.insert(), [dict(r, study=study, value=_float(r["value"]),
-                                                         created_at=now) for r in rows])
+                conn.execute(
+                    probe_table.insert(),
+                    [dict(r, study=study, value=_float(r["value"]), created_at=now) for r in rows],
+                )
 
     def probe(self, study: str) -> list[dict[str, Any]]:
-        query = sa.select(probe_table).where(probe_table.c.study == study).order_by(probe_table.c.id)
+        query = (
+            sa.select(probe_table).where(probe_table.c.study == study).order_by(probe_table.c.id)
+        )
         with self._engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
     def replace_ladder(self, study: str, rungs: list[dict[str, Any]]) -> None:
         """The study's ladder, in order (position 0 = the best default), replacing the old one."""
         now = _now()
-        rows = [dict(study=study, position=i, rung=r["rung"], adds=r.get("adds", ""),
-                     config=json.dumps(r["config"], sort_keys=True),
-                     config_hash=config_hash(r["config"]), source_run_id=r.get("source_run_id"),
-                     val_top1=_float(r.get("val_top1")), val_mean=_float(r.get("val_mean")),
-                     val_n=r.get("val_n"), notes=json.dumps(list(r.get("notes", ()))), created_at=now)
-                for i, r in enumerate(rungs)]
+        rows = [
+            dict(
+                study=study,
+                position=i,
+                rung=r["rung"],
+                adds=r.get("adds", ""),
+                config=json.dumps(r["config"], sort_keys=True),
+                config_hash=config_hash(r["config"]),
+                source_run_id=r.get("source_run_id"),
+                val_top1=_float(r.get("val_top1")),
+                val_mean=_float(r.get("val_mean")),
+                val_n=r.get("val_n"),
+                notes=json.dumps(list(r.get("notes", ()))),
+                created_at=now,
+            )
+            for i, r in enumerate(rungs)
+        ]
         with self._engine.begin() as conn:
             conn.execute(ladder_table.delete().where(ladder_table.c.study == study))
             if rows:
@@ -240,6 +294,7 @@ def ensure_schema(url: str) -> None:
     """Create Optuna's and nbtl's tables at `url` once, before workers open it concurrently."""
     open_rdb(url, heartbeat=False).engine.dispose()
     ResultStore(url).close()
+
 
 def _canonical(value: Any) -> Any:
     if value is None or isinstance(value, (bool, str)):

@@ -77,7 +77,9 @@ runs_table = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("started_at", UTCDateTime, nullable=False),
     sa.Column("finished_at", UTCDateTime),
-    sa.Column("source_run_id", sa.Integer),  # rerank and final runs: the run whose config they rerun
+    sa.Column(
+        "source_run_id", sa.Integer
+    ),  # rerank and final runs: the run whose config they rerun
     sa.Column("final_of", sa.String),  # final runs: FINAL_OF
     sa.Column("predictions_path", sa.String),  # final runs: test softmax file
     sa.Index("ix_nbtl_runs_study_role", "study", "role"),
@@ -106,14 +108,18 @@ ladder_table = sa.Table(
     sa.Column("study", sa.String, nullable=False, index=True),
     sa.Column("position", sa.Integer, nullable=False),  # 0 = the best default
     sa.Column("rung", sa.String, nullable=False),
-    sa.Column("adds", sa.Text, nullable=False),  # the settings this rung changes, "" for the default
+    sa.Column(
+        "adds", sa.Text, nullable=False
+    ),  # the settings this rung changes, "" for the default
     sa.Column("config", sa.Text, nullable=False),  # JSON of the rung's TrainConfig (train split)
     sa.Column("config_hash", sa.String, nullable=False),
     sa.Column("source_run_id", sa.Integer),  # the selected trial's run (default and optimum)
     sa.Column("val_top1", sa.Float),  # that trial's own validation value
     sa.Column("val_mean", sa.Float),  # mean over the trial and its re-ranking runs
     sa.Column("val_n", sa.Integer),
-    sa.Column("notes", sa.Text, nullable=False),  # JSON list, e.g. "lr 0.3 is the largest value tried"
+    sa.Column(
+        "notes", sa.Text, nullable=False
+    ),  # JSON list, e.g. "lr 0.3 is the largest value tried"
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.UniqueConstraint("study", "position", name="uq_nbtl_ladder_study_position"),
 )
@@ -136,7 +142,9 @@ predictions_table = sa.Table(
     sa.Column("run_id", sa.Integer, sa.ForeignKey("nbtl_runs.id"), primary_key=True),
     sa.Column("n_images", sa.Integer, nullable=False),
     sa.Column("n_classes", sa.Integer, nullable=False),
-    sa.Column("npz", sa.LargeBinary, nullable=False),  # np.savez_compressed: probs (float16), labels
+    sa.Column(
+        "npz", sa.LargeBinary, nullable=False
+    ),  # np.savez_compressed: probs (float16), labels
 )
 
 

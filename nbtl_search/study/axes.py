@@ -38,25 +38,42 @@ from .checks import FIELD_HINTS, SpecError, check_keys, check_type, describe, ma
 PART_LRS = ("lr_new", "lr_upper", "lr_lower")  # in TrainConfig's order: new, upper, lower
 PART_L2SP = ("l2sp_upper", "l2sp_lower")
 PART_L2 = ("l2_new", "l2_upper", "l2_lower")
-RATE_AXES = {"lr": "lrs", "l2sp": "l2sp_rates", **dict.fromkeys(PART_LRS, "lrs"),
-             **dict.fromkeys(PART_L2SP, "l2sp_rates"), **dict.fromkeys(PART_L2, "l2_rates")}
+RATE_AXES = {
+    "lr": "lrs",
+    "l2sp": "l2sp_rates",
+    **dict.fromkeys(PART_LRS, "lrs"),
+    **dict.fromkeys(PART_L2SP, "l2sp_rates"),
+    **dict.fromkeys(PART_L2, "l2_rates"),
+}
 
-_WHY_NOT = {"data": "set it in the dataset section", "location": "set it in the dataset section",
-            "model": "set it in the model section",
-            "seed": "fix it in train (the final evaluation runs several seeds)",
-            "execution": "an execution setting, not a hyperparameter",
-            "evaluation": "set by the final evaluation", "test": "a test knob; fix it in train"}
-_VECTOR_AXES = {"lrs": "search lr, or lr_new + lr_upper + lr_lower",
-                "l2sp_rates": "search l2sp, or l2sp_upper / l2sp_lower",
-                "l2_rates": "search l2_new / l2_upper / l2_lower"}
+_WHY_NOT = {
+    "data": "set it in the dataset section",
+    "location": "set it in the dataset section",
+    "model": "set it in the model section",
+    "seed": "fix it in train (the final evaluation runs several seeds)",
+    "execution": "an execution setting, not a hyperparameter",
+    "evaluation": "set by the final evaluation",
+    "test": "a test knob; fix it in train",
+}
+_VECTOR_AXES = {
+    "lrs": "search lr, or lr_new + lr_upper + lr_lower",
+    "l2sp_rates": "search l2sp, or l2sp_upper / l2sp_lower",
+    "l2_rates": "search l2_new / l2_upper / l2_lower",
+}
 NOT_SEARCHABLE = {
     **{name: why for role, why in _WHY_NOT.items() for name in fields_with_role(role)},
-    **{name: "fixed for a whole study (the pruner's resource); set it in train"
-       for name in FIELD_HINTS if not field_flag(name, "searchable")},
+    **{
+        name: "fixed for a whole study (the pruner's resource); set it in train"
+        for name in FIELD_HINTS
+        if not field_flag(name, "searchable")
+    },
     **_VECTOR_AXES,
 }
-_DIST_KEYS = {"float": ("type", "low", "high", "log", "step", "allow_zero"),
-              "int": ("type", "low", "high", "log", "step"), "categorical": ("type", "choices")}
+_DIST_KEYS = {
+    "float": ("type", "low", "high", "log", "step", "allow_zero"),
+    "int": ("type", "low", "high", "log", "step"),
+    "categorical": ("type", "choices"),
+}
 
 
 def searchable_axes() -> list[str]:
@@ -88,6 +105,7 @@ class Axis:
 
 
 # --- parsing -------------------------------------------------------------------------------------
+
 
 def parse_search_space(raw: Any, train: dict[str, Any]) -> dict[str, Axis]:
     axes = {}
@@ -121,15 +139,16 @@ def _parse_axis(path: str, entry: Any, hint: Any) -> Axis:
     hint = args[0] if len(args) == 1 else hint  # `float | None` takes a float range too
     if hint is not (float if kind == "float" else int):
         fits = {float: "float or categorical", int: "int or categorical"}.get(hint, "categorical")
-        raise SpecError(f"{path}.type: {kind} does not fit this axis ({_hint_name(hint)}); "
-                        f"use type: {fits}")
+        raise SpecError(
+            f"{path}.type: {kind} does not fit this axis ({_hint_name(hint)}); use type: {fits}"
+        )
     num = float if kind == "float" else int
     for key in ("low", "high"):
         if key not in entry:
             raise SpecError(f"{path}.{key}: required for type: {kind}")
     low, high = (check_type(f"{path}.{k}", entry[k], num) for k in ("low", "high"))
     log = check_type(f"{path}.log", entry.get("log", False), bool)
-    step = check_type(f"{path}.step", entry.get("step"), typing.Optional[num])
+    step = check_type(f"{path}.step", entry.get("step"), num | None)
     allow_zero = check_type(f"{path}.allow_zero", entry.get("allow_zero", False), bool)
     if low > high:
         raise SpecError(f"{path}.low: must be <= high ({high}), got {low}")
@@ -138,7 +157,9 @@ def _parse_axis(path: str, entry: Any, hint: Any) -> Axis:
     if step is not None and step <= 0:
         raise SpecError(f"{path}.step: must be > 0, got {step}")
     if step is not None and log:
-        raise SpecError(f"{path}.step: cannot be combined with log: true (Optuna samples one or the other)")
+        raise SpecError(
+            f"{path}.step: cannot be combined with log: true (Optuna samples one or the other)"
+        )
     return Axis(kind, low=low, high=high, log=log, step=step, allow_zero=allow_zero)
 
 
@@ -148,8 +169,10 @@ def _choices(path: str, choices: Any, hint: Any) -> tuple:
     out = []
     for i, choice in enumerate(choices):
         if choice is not None and not isinstance(choice, (bool, int, float, str)):
-            raise SpecError(f"{path}.choices[{i}]: must be a scalar (null, true/false, a number or a "
-                            f"string), got {describe(choice)}")
+            raise SpecError(
+                f"{path}.choices[{i}]: must be a scalar (null, true/false, a number or a "
+                f"string), got {describe(choice)}"
+            )
         out.append(check_type(f"{path}.choices[{i}]", choice, hint))
     if len(set(out)) < len(out):
         raise SpecError(f"{path}.choices: lists a value twice: {out}")
@@ -164,23 +187,33 @@ def _check_combinations(axes: dict[str, Axis], train: dict[str, Any]) -> None:
     lrs = [n for n in PART_LRS if n in axes]
     if lrs and len(lrs) < 3:
         missing = next(n for n in PART_LRS if n not in axes)
-        raise SpecError(f"search_space.{missing}: required with {', '.join(lrs)}: per-part learning "
-                        "rates come as lr_new, lr_upper and lr_lower together (or give one lr)")
+        raise SpecError(
+            f"search_space.{missing}: required with {', '.join(lrs)}: per-part learning "
+            "rates come as lr_new, lr_upper and lr_lower together (or give one lr)"
+        )
     if lrs and "lr" in axes:
-        raise SpecError("search_space.lr: not together with lr_new, lr_upper, lr_lower; "
-                        "give one lr or the three")
+        raise SpecError(
+            "search_space.lr: not together with lr_new, lr_upper, lr_lower; "
+            "give one lr or the three"
+        )
     rates = [n for n in PART_L2SP if n in axes]
     if rates and "l2sp" in axes:
-        raise SpecError(f"search_space.l2sp: not together with {', '.join(rates)}; give one l2sp "
-                        "(every part) or per-part rates")
+        raise SpecError(
+            f"search_space.l2sp: not together with {', '.join(rates)}; give one l2sp "
+            "(every part) or per-part rates"
+        )
     if "l2sp" in axes and "l2_new" in axes:
-        raise SpecError("search_space.l2_new: not together with l2sp, which already pulls the new "
-                        "layers towards zero; use l2sp_upper / l2sp_lower with l2_new")
+        raise SpecError(
+            "search_space.l2_new: not together with l2sp, which already pulls the new "
+            "layers towards zero; use l2sp_upper / l2sp_lower with l2_new"
+        )
     for name in axes:
         target = RATE_AXES.get(name, name)
         if target in train:
-            raise SpecError(f"search_space.{name}: {target} is also fixed in train.{target}; "
-                            "give it in one place")
+            raise SpecError(
+                f"search_space.{name}: {target} is also fixed in train.{target}; "
+                "give it in one place"
+            )
 
 
 def check_configs(axes: dict[str, Axis], base: dict[str, Any]) -> None:
@@ -213,8 +246,10 @@ def grid_space(axes: dict[str, Axis]) -> dict[str, list]:
         elif axis.kind == "int":
             out[name] = list(range(axis.low, axis.high + 1, axis.step or 1))
         elif axis.kind == "float":
-            raise SpecError(f"search_space.{name}: the grid sampler needs discrete axes and this is a "
-                            "float range; list its values instead (type: categorical, choices: [...])")
+            raise SpecError(
+                f"search_space.{name}: the grid sampler needs discrete axes and this is a "
+                "float range; list its values instead (type: categorical, choices: [...])"
+            )
     return out
 
 
@@ -225,6 +260,7 @@ def grid_points(axes: dict[str, Axis]) -> list[dict[str, Any]]:
 
 
 # --- values -> configs ---------------------------------------------------------------------------
+
 
 def fields_from_values(values: dict[str, Any]) -> dict[str, Any]:
     """Axis values -> TrainConfig keyword arguments (rate axes assembled into the part vectors)."""
@@ -246,8 +282,11 @@ def values_from_fields(fields: dict[str, Any]) -> dict[str, Any]:
     """TrainConfig fields -> axis values, the inverse of `fields_from_values`, in every form a study
     can search: the per-part rates, and `lr` / `l2sp` as the new / upper part's value."""
     out = {k: v for k, v in fields.items() if k not in _VECTOR_AXES}
-    parts = {name: tuple(v) * 3 if len(v) == 1 else tuple(v)
-             for name, v in fields.items() if name in _VECTOR_AXES}
+    parts = {
+        name: tuple(v) * 3 if len(v) == 1 else tuple(v)
+        for name, v in fields.items()
+        if name in _VECTOR_AXES
+    }
     if "lrs" in parts:
         out.update(zip(PART_LRS, parts["lrs"]), lr=parts["lrs"][0])
     if "l2sp_rates" in parts:

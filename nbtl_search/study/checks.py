@@ -59,7 +59,9 @@ def check_type(path: str, value: Any, hint: Any) -> Any:
     if origin is dict and isinstance(value, dict):
         return dict(value)
     want = _WANT.get(hint, "a list of numbers" if origin is tuple else "a mapping")
-    raise SpecError(f"{path}: must be {want}{' or null' if optional else ''}, got {describe(value)}")
+    raise SpecError(
+        f"{path}: must be {want}{' or null' if optional else ''}, got {describe(value)}"
+    )
 
 
 def check_keys(path: str, raw: dict, known: Iterable[str], what: str = "key") -> None:

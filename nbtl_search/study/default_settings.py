@@ -79,17 +79,25 @@ def parse_default_settings(raw: Any, train: dict[str, Any]) -> DefaultSettings:
 
 def _field_hint(path: str, key: Any, train: dict[str, Any]) -> Any:
     if key not in FIELD_HINTS:
-        raise SpecError(f"{path}: not a TrainConfig field (default_settings takes lr, extend and "
-                        "training fields such as weight_decay, mixup, aa, reprob)")
+        raise SpecError(
+            f"{path}: not a TrainConfig field (default_settings takes lr, extend and "
+            "training fields such as weight_decay, mixup, aa, reprob)"
+        )
     if field_flag(key, "binary") or field_flag(key, "vector"):
-        raise SpecError(f"{path}: the default settings are binary transfer, so {key} is fixed "
-                        f"there (new_layers 1, one lr, no L2-SP); give the lr grid as default_settings.lr")
+        raise SpecError(
+            f"{path}: the default settings are binary transfer, so {key} is fixed "
+            f"there (new_layers 1, one lr, no L2-SP); give the lr grid as default_settings.lr"
+        )
     if key not in fields_with_role("regularisation", "recipe") or not field_flag(key, "searchable"):
-        raise SpecError(f"{path}: {key} is not a training setting the baseline can vary; set it "
-                        "in the dataset, model or train section")
+        raise SpecError(
+            f"{path}: {key} is not a training setting the baseline can vary; set it "
+            "in the dataset, model or train section"
+        )
     if key in train and key not in _OVERRIDABLE:
-        raise SpecError(f"{path}: train.{key} fixes it for the search; the default uses the "
-                        "study's own recipe, so give it in one place")
+        raise SpecError(
+            f"{path}: train.{key} fixes it for the search; the default uses the "
+            "study's own recipe, so give it in one place"
+        )
     return FIELD_HINTS[key]
 
 
@@ -106,8 +114,11 @@ def binary_transfer() -> dict[str, Any]:
 
 def default_fields(settings: DefaultSettings, point: dict[str, Any]) -> dict[str, Any]:
     """TrainConfig keyword arguments of one baseline point (on top of the study's sections)."""
-    values = {**binary_transfer(), **settings.fixed,
-              **{k: v for k, v in point.items() if k != "lr"}}
+    values = {
+        **binary_transfer(),
+        **settings.fixed,
+        **{k: v for k, v in point.items() if k != "lr"},
+    }
     values["lrs"] = (point["lr"],)
     return values
 
@@ -122,6 +133,7 @@ def check_default_configs(settings: DefaultSettings, base: dict[str, Any]) -> No
 
 # --- extending the grid past its edge ------------------------------------------------------------
 
+
 def lr_ratio(settings: DefaultSettings) -> float:
     """The step between neighbouring lrs of the grid (geometric mean; sqrt(10) for a single lr)."""
     lrs = sorted(settings.grid["lr"])
@@ -134,7 +146,7 @@ def next_lr(lr: float, ratio: float, up: bool) -> float:
     """The lr one step past `lr`, rounded to the 1-3-10 ladder when that is within half a step."""
     target = lr * ratio if up else lr / ratio
     exponent = math.floor(math.log10(target))
-    ladder = [m * 10.0 ** e for e in (exponent - 1, exponent, exponent + 1) for m in (1.0, 3.0)]
+    ladder = [m * 10.0**e for e in (exponent - 1, exponent, exponent + 1) for m in (1.0, 3.0)]
     nice = min(ladder, key=lambda v: abs(math.log(v / target)))
     if abs(math.log(nice / target)) < math.log(ratio) / 2 and (nice > lr if up else nice < lr):
         return float(f"{nice:.3g}")
@@ -147,8 +159,9 @@ def lr_bounds(settings: DefaultSettings) -> tuple[float, float]:
     return min(lrs) / margin, max(lrs) * margin
 
 
-def extension(settings: DefaultSettings, finished: list[tuple[dict[str, Any], float]],
-              extended: int) -> dict[str, Any] | None:
+def extension(
+    settings: DefaultSettings, finished: list[tuple[dict[str, Any], float]], extended: int
+) -> dict[str, Any] | None:
     """The next point past the edge, or None. `finished` holds (params, value) of every finished
     baseline point; `extended` counts the points already added."""
     if extended >= settings.extend or not finished:
@@ -169,4 +182,6 @@ def _same_except_lr(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def describe_point(point: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:g}" if is_number(v) else f"{k}={describe(v)}" for k, v in point.items())
+    return ", ".join(
+        f"{k}={v:g}" if is_number(v) else f"{k}={describe(v)}" for k, v in point.items()
+    )

@@ -48,8 +48,9 @@ def range_notes(axes: dict[str, Axis], values: dict[str, Any]) -> list[str]:
             continue
         side = _range_side(axis, float(value))
         if side:
-            notes.append(f"{name} {value:g} is at the {side} end of its range "
-                         f"[{axis.low:g}, {axis.high:g}]")
+            notes.append(
+                f"{name} {value:g} is at the {side} end of its range [{axis.low:g}, {axis.high:g}]"
+            )
     return notes
 
 

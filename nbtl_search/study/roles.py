@@ -12,9 +12,8 @@ from optuna.distributions import BaseDistribution
 
 from trainer.config import TrainConfig
 
-from . import axes
+from . import axes, sampling
 from . import default_settings as defaults
-from . import sampling
 from .spec import StudySpec
 
 
@@ -43,23 +42,36 @@ class Role:
 
 
 SEARCH = Role(
-    name="search", suffix="", title="non-binary search",
-    sampler=sampling.build_sampler, pruner=sampling.build_pruner,
-    distributions=sampling.distributions, config=sampling.config_from_params,
-    points=lambda spec: axes.grid_points(spec.search_space) if spec.sampler.type == "grid" else None,
-    extension=lambda spec, finished, extended: None, warm_starts=True)
+    name="search",
+    suffix="",
+    title="non-binary search",
+    sampler=sampling.build_sampler,
+    pruner=sampling.build_pruner,
+    distributions=sampling.distributions,
+    config=sampling.config_from_params,
+    points=lambda spec: (
+        axes.grid_points(spec.search_space) if spec.sampler.type == "grid" else None
+    ),
+    extension=lambda spec, finished, extended: None,
+    warm_starts=True,
+)
 
 DEFAULT = Role(
-    name="default", suffix=".default", title="default settings (baseline grid)",
+    name="default",
+    suffix=".default",
+    title="default settings (baseline grid)",
     sampler=lambda spec, worker: optuna.samplers.GridSampler(
         {k: list(v) for k, v in spec.default_settings.grid.items()},
-        seed=sampling.sampler_seed(spec, worker)),
+        seed=sampling.sampler_seed(spec, worker),
+    ),
     pruner=lambda spec: optuna.pruners.NopPruner(),  # every grid point runs to the end
     distributions=sampling.baseline_distributions,
     config=lambda spec, params: spec.default_config(params),
     points=lambda spec: defaults.grid_points(spec.default_settings),
-    extension=lambda spec, finished, extended: defaults.extension(spec.default_settings, finished,
-                                                                  extended),
-    warm_starts=False)
+    extension=lambda spec, finished, extended: defaults.extension(
+        spec.default_settings, finished, extended
+    ),
+    warm_starts=False,
+)
 
 ROLES = {role.name: role for role in (SEARCH, DEFAULT)}

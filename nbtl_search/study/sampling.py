@@ -12,8 +12,12 @@ import importlib.util
 from typing import Any
 
 import optuna
-from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
-                                  IntDistribution)
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 
 from trainer.config import TrainConfig
 
@@ -33,8 +37,9 @@ def build_sampler(spec: StudySpec, worker: int = 0) -> optuna.samplers.BaseSampl
     s, seed = spec.sampler, sampler_seed(spec, worker)
     startup = {} if s.n_startup_trials is None else {"n_startup_trials": s.n_startup_trials}
     if s.type == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=s.multivariate,
-                                          constant_liar=s.constant_liar, **startup)
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=s.multivariate, constant_liar=s.constant_liar, **startup
+        )
     if s.type == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if s.type == "gp":  # needs torch and scipy, both dependencies of the project
@@ -42,8 +47,10 @@ def build_sampler(spec: StudySpec, worker: int = 0) -> optuna.samplers.BaseSampl
     if s.type == "cmaes":
         # Optuna imports `cmaes` only when it first samples, deep in a worker: fail here instead.
         if importlib.util.find_spec("cmaes") is None:
-            raise SpecError(f"{spec.path or '<spec>'}: sampler.type: cmaes needs the `cmaes` package, "
-                            "which is not installed (pip install cmaes)")
+            raise SpecError(
+                f"{spec.path or '<spec>'}: sampler.type: cmaes needs the `cmaes` package, "
+                "which is not installed (pip install cmaes)"
+            )
         return optuna.samplers.CmaEsSampler(seed=seed, **startup)
     return optuna.samplers.GridSampler(grid_space(spec.search_space), seed=seed)
 
@@ -52,12 +59,15 @@ def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     """The study's pruner; Hyperband's resource is the epoch, up to the training epochs."""
     p = spec.pruner
     if p.type == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=p.min_resource,
-                                              max_resource=spec.base_config().epochs,
-                                              reduction_factor=p.reduction_factor)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=p.min_resource,
+            max_resource=spec.base_config().epochs,
+            reduction_factor=p.reduction_factor,
+        )
     if p.type == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials,
-                                           n_warmup_steps=p.n_warmup_steps)
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
+        )
     return optuna.pruners.NopPruner()
 
 
@@ -92,9 +102,13 @@ def suggest(trial: optuna.Trial, dists: dict[str, BaseDistribution]) -> dict[str
     params: dict[str, Any] = {}
     for name, dist in dists.items():
         if isinstance(dist, FloatDistribution):
-            params[name] = trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+            params[name] = trial.suggest_float(
+                name, dist.low, dist.high, step=dist.step, log=dist.log
+            )
         elif isinstance(dist, IntDistribution):
-            params[name] = trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+            params[name] = trial.suggest_int(
+                name, dist.low, dist.high, step=dist.step, log=dist.log
+            )
         else:
             params[name] = trial.suggest_categorical(name, dist.choices)
     return params
@@ -106,8 +120,10 @@ def check_params(spec: StudySpec, params: dict[str, Any]) -> None:
     missing = [n for n in expected if n not in params]
     unknown = sorted(set(params) - set(expected))
     if missing or unknown:
-        raise SpecError(f"params: do not match the search space of {spec.name!r} "
-                        f"(missing: {', '.join(missing) or 'none'}; unknown: {', '.join(unknown) or 'none'})")
+        raise SpecError(
+            f"params: do not match the search space of {spec.name!r} "
+            f"(missing: {', '.join(missing) or 'none'}; unknown: {', '.join(unknown) or 'none'})"
+        )
 
 
 def config_from_params(spec: StudySpec, params: dict[str, Any]) -> TrainConfig:
@@ -125,5 +141,7 @@ def suggest_config(trial: optuna.Trial, spec: StudySpec) -> TrainConfig:
 def fixed_space(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
     """`params` as fixed search_space entries: a study file with them reruns exactly that config."""
     check_params(spec, params)
-    return {name: list(v) if isinstance(v, tuple) else v
-            for name, v in axis_values(spec.search_space, params).items()}
+    return {
+        name: list(v) if isinstance(v, tuple) else v
+        for name, v in axis_values(spec.search_space, params).items()
+    }

@@ -20,11 +20,18 @@ PRUNERS = ("hyperband", "median", "none")
 METRICS = ("val_top1", "val_top5")
 MODES = ("best", "last")
 # Keys each sampler / pruner type accepts.
-SAMPLER_KEYS = {"tpe": ("type", "seed", "n_startup_trials", "multivariate", "constant_liar"),
-                "gp": ("type", "seed", "n_startup_trials"), "cmaes": ("type", "seed", "n_startup_trials"),
-                "random": ("type", "seed"), "grid": ("type", "seed")}
-PRUNER_KEYS = {"hyperband": ("type", "min_resource", "reduction_factor"),
-               "median": ("type", "n_startup_trials", "n_warmup_steps"), "none": ("type",)}
+SAMPLER_KEYS = {
+    "tpe": ("type", "seed", "n_startup_trials", "multivariate", "constant_liar"),
+    "gp": ("type", "seed", "n_startup_trials"),
+    "cmaes": ("type", "seed", "n_startup_trials"),
+    "random": ("type", "seed"),
+    "grid": ("type", "seed"),
+}
+PRUNER_KEYS = {
+    "hyperband": ("type", "min_resource", "reduction_factor"),
+    "median": ("type", "n_startup_trials", "n_warmup_steps"),
+    "none": ("type",),
+}
 
 
 def knob(default: Any, low: float | None = None, choices: tuple[str, ...] | None = None) -> Any:
@@ -53,7 +60,9 @@ class PrunerSpec:
 @dataclass(frozen=True)
 class ObjectiveSpec:
     metric: str = knob("val_top1", choices=METRICS)  # maximised
-    mode: str = knob("best", choices=MODES)  # "best": the best epoch's value; "last": the last one's
+    mode: str = knob(
+        "best", choices=MODES
+    )  # "best": the best epoch's value; "last": the last one's
     direction = "maximize"  # a class constant, not a field: both metrics are accuracies
 
 
@@ -81,9 +90,13 @@ class ProbeSpec:
 
 
 SECTIONS: dict[str, tuple[type, dict[str, tuple[str, ...]] | None]] = {
-    "sampler": (SamplerSpec, SAMPLER_KEYS), "pruner": (PrunerSpec, PRUNER_KEYS),
-    "objective": (ObjectiveSpec, None), "budget": (BudgetSpec, None), "final": (FinalSpec, None),
-    "probe": (ProbeSpec, None)}
+    "sampler": (SamplerSpec, SAMPLER_KEYS),
+    "pruner": (PrunerSpec, PRUNER_KEYS),
+    "objective": (ObjectiveSpec, None),
+    "budget": (BudgetSpec, None),
+    "final": (FinalSpec, None),
+    "probe": (ProbeSpec, None),
+}
 
 
 def parse_knobs(data: dict, name: str) -> Any:

@@ -28,12 +28,24 @@ from trainer.config import InputError, TrainConfig, fields_with_role
 from . import axes as axes_mod
 from . import default_settings as defaults_mod
 from .checks import FIELD_HINTS, SpecError, check_keys, check_type, describe, expand, mapping
-from .sections import (BudgetSpec, FinalSpec, ObjectiveSpec, ProbeSpec, PrunerSpec, SamplerSpec,
-                    parse_knobs)
+from .sections import (
+    BudgetSpec,
+    FinalSpec,
+    ObjectiveSpec,
+    ProbeSpec,
+    PrunerSpec,
+    SamplerSpec,
+    parse_knobs,
+)
 
 # Section key -> TrainConfig field, for the two sections that describe what is trained.
-DATASET_KEYS = {"name": "dataset", "data_dir": "data_dir", "img_size": "img_size",
-                "num_classes": "num_classes", "extra": "extra"}
+DATASET_KEYS = {
+    "name": "dataset",
+    "data_dir": "data_dir",
+    "img_size": "img_size",
+    "num_classes": "num_classes",
+    "extra": "extra",
+}
 MODEL_KEYS = {"name": "model", "pretrained": "pretrained", "pretrained_file": "pretrained_file"}
 PATH_FIELDS = ("data_dir", "pretrained_file", "output", "resume")
 # Where and how a run executes, not what it learns: the study's fingerprint leaves them out.
@@ -95,8 +107,12 @@ class StudySpec:
         if model.get("pretrained_file"):
             model["pretrained_file"] = os.path.basename(model["pretrained_file"])
         train = {k: v for k, v in self.train.items() if k not in EXECUTION_FIELDS}
-        blob: dict[str, Any] = {"dataset": dataset, "model": model, "train": train,
-                                "objective": dataclasses.asdict(self.objective)}
+        blob: dict[str, Any] = {
+            "dataset": dataset,
+            "model": model,
+            "train": train,
+            "objective": dataclasses.asdict(self.objective),
+        }
         if role == "search":
             blob["search_space"] = {k: dataclasses.asdict(a) for k, a in self.search_space.items()}
         else:
@@ -107,6 +123,7 @@ class StudySpec:
 
 # --- loading -------------------------------------------------------------------------------------
 
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader that rejects duplicate keys and reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`,
     so plain PyYAML would hand the trainer the string "1e-3")."""
@@ -116,15 +133,18 @@ class _Loader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}",
-                                                        key_node.start_mark)
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
             seen.append(key)
         return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def load_spec(path: str | Path) -> StudySpec:
@@ -162,44 +182,66 @@ def _parse(data: Any) -> StudySpec:
     name = data.get("name")
     if not isinstance(name, str) or not name.strip():
         raise SpecError(f"name: required, the Optuna study name (a non-empty string), got {name!r}")
-    storage = expand("storage", check_type("storage", data.get("storage", "sqlite:///nbtl.db"), str),
-                     user=False)
+    storage = expand(
+        "storage", check_type("storage", data.get("storage", "sqlite:///nbtl.db"), str), user=False
+    )
     dataset = _fields_section(data, "dataset", DATASET_KEYS)
     if "name" not in dataset:
         raise SpecError("dataset.name: required (e.g. dtd, caltech256_30, imagefolder)")
     model = _fields_section(data, "model", MODEL_KEYS)
-    owned = {**{v: f"dataset.{k}" for k, v in DATASET_KEYS.items()},
-             **{v: f"model.{k}" for k, v in MODEL_KEYS.items()}}
+    owned = {
+        **{v: f"dataset.{k}" for k, v in DATASET_KEYS.items()},
+        **{v: f"model.{k}" for k, v in MODEL_KEYS.items()},
+    }
     known = [f for f in FIELD_HINTS if f not in owned]
     train = _fields_section(data, "train", {f: f for f in known}, owned)
     search_space = axes_mod.parse_search_space(data.get("search_space"), train)
-    sampler, pruner, objective, budget, final, probe = (parse_knobs(data, section) for section in (
-        "sampler", "pruner", "objective", "budget", "final", "probe"))
+    sampler, pruner, objective, budget, final, probe = (
+        parse_knobs(data, section)
+        for section in ("sampler", "pruner", "objective", "budget", "final", "probe")
+    )
     if sampler.type == "grid":
         axes_mod.grid_space(search_space)  # raises on a continuous axis
     settings = defaults_mod.parse_default_settings(data.get("default_settings"), train)
-    spec = StudySpec(name=name, storage=storage, dataset=dataset, model=model, train=train,
-                     search_space=search_space, sampler=sampler, pruner=pruner, objective=objective,
-                     budget=budget, default_settings=settings, final=final, probe=probe)
+    spec = StudySpec(
+        name=name,
+        storage=storage,
+        dataset=dataset,
+        model=model,
+        train=train,
+        search_space=search_space,
+        sampler=sampler,
+        pruner=pruner,
+        objective=objective,
+        budget=budget,
+        default_settings=settings,
+        final=final,
+        probe=probe,
+    )
     try:
         base = spec.base_config()
     except InputError as e:
         raise SpecError(f"{_config_path(spec, str(e))}: {e}") from None
     if pruner.type == "hyperband" and pruner.min_resource > base.epochs:
-        raise SpecError(f"pruner.min_resource: must be <= the training epochs ({base.epochs}), "
-                        f"got {pruner.min_resource}")
+        raise SpecError(
+            f"pruner.min_resource: must be <= the training epochs ({base.epochs}), "
+            f"got {pruner.min_resource}"
+        )
     defaults_mod.check_default_configs(settings, spec.base_fields())
     axes_mod.check_configs(search_space, spec.base_fields())
     _check_augment_strings(spec)
     return spec
 
 
-def _fields_section(data: dict, name: str, keys: dict[str, str],
-                    elsewhere: dict[str, str] | None = None) -> dict[str, Any]:
+def _fields_section(
+    data: dict, name: str, keys: dict[str, str], elsewhere: dict[str, str] | None = None
+) -> dict[str, Any]:
     """A section whose keys map to TrainConfig fields: known keys, right types, expanded paths."""
     raw = mapping(name, data.get(name))
     for key in set(raw) & set(elsewhere or {}):
-        raise SpecError(f"{name}.{key}: set it in the dataset or model section, as {elsewhere[key]}")
+        raise SpecError(
+            f"{name}.{key}: set it in the dataset or model section, as {elsewhere[key]}"
+        )
     check_keys(name, raw, keys)
     out = {}
     for key, value in raw.items():
@@ -211,8 +253,11 @@ def _fields_section(data: dict, name: str, keys: dict[str, str],
 
 def _config_path(spec: StudySpec, message: str) -> str:
     """The section key that a TrainConfig error names (its messages start with the field name)."""
-    paths = {**{DATASET_KEYS[k]: f"dataset.{k}" for k in spec.dataset},
-             **{MODEL_KEYS[k]: f"model.{k}" for k in spec.model}, **{k: f"train.{k}" for k in spec.train}}
+    paths = {
+        **{DATASET_KEYS[k]: f"dataset.{k}" for k in spec.dataset},
+        **{MODEL_KEYS[k]: f"model.{k}" for k in spec.model},
+        **{k: f"train.{k}" for k in spec.train},
+    }
     return next((p for f, p in paths.items() if re.search(rf"\b{f}\b", message)), "train")
 
 

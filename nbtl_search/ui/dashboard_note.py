@@ -5,8 +5,8 @@ from __future__ import annotations
 import optuna
 import optuna_dashboard
 
-from nbtl_search.study.spec import StudySpec
 from nbtl_search.store.connection import open_rdb
+from nbtl_search.study.spec import StudySpec
 
 
 def write_note(url: str, spec: StudySpec) -> None:

@@ -2,30 +2,26 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import optuna
 import sqlalchemy as sa
-import yaml
 from optuna.trial import FrozenTrial, TrialState
 from rich.table import Table
 
-from trainer import InputError
-
+from nbtl_search.probe.rule import stored_suggestion
+from nbtl_search.run.trial_queue import grid_coverage, is_lost, lost_reason
 from nbtl_search.store import attrs
+from nbtl_search.store.connection import StorageError, masked, open_rdb
+from nbtl_search.store.results import ResultStore
 from nbtl_search.study import edges
 from nbtl_search.study.axes import axis_values
-from nbtl_search.study.sections import PRUNER_KEYS, SAMPLER_KEYS
-from nbtl_search.probe.rule import stored_suggestion, suggested_values
-from nbtl_search.run.trial_queue import grid_coverage, is_lost, lost_reason
-from nbtl_search.store.results import ResultStore
 from nbtl_search.study.roles import DEFAULT, SEARCH, Role
-from nbtl_search.study.sampling import fixed_space
 from nbtl_search.study.spec import StudySpec
-from nbtl_search.store.connection import StorageError, masked, open_rdb
+from trainer import InputError
 
 
-def load_study(spec: StudySpec, storage: optuna.storages.BaseStorage, role: Role) -> optuna.Study | None:
+def load_study(
+    spec: StudySpec, storage: optuna.storages.BaseStorage, role: Role
+) -> optuna.Study | None:
     try:
         return optuna.load_study(study_name=role.study_name(spec), storage=storage)
     except KeyError:
@@ -36,7 +32,9 @@ def status_table(spec: StudySpec, url: str) -> Table:
     storage = open_rdb(url, heartbeat=False, create=False)
     studies = [(role, s) for role in (DEFAULT, SEARCH) if (s := load_study(spec, storage, role))]
     if not studies:
-        raise InputError(f"study {spec.name!r} not found in {masked(url)}: run `nbtl-search run` first")
+        raise InputError(
+            f"study {spec.name!r} not found in {masked(url)}: run `nbtl-search run` first"
+        )
     table = Table(title=f"{spec.name} ({masked(url)})")
     for col in ("role", "trial", "state", "value", "epochs", "seconds", "params"):
         table.add_column(col)
@@ -44,9 +42,15 @@ def status_table(spec: StudySpec, url: str) -> Table:
     for role, study in studies:
         trials = study.get_trials(deepcopy=False)
         for t in trials:
-            table.add_row(role.name, str(t.number), t.state.name.lower(),
-                          f"{t.value:.2f}" if t.value is not None else "-",
-                          str(len(t.intermediate_values)), _seconds(t), _params(t))
+            table.add_row(
+                role.name,
+                str(t.number),
+                t.state.name.lower(),
+                f"{t.value:.2f}" if t.value is not None else "-",
+                str(len(t.intermediate_values)),
+                _seconds(t),
+                _params(t),
+            )
         captions += _summary(spec, role, trials)
     table.caption = "\n".join(captions + _probe_lines(spec, url))
     return table
@@ -67,11 +71,14 @@ def _probe_lines(spec: StudySpec, url: str) -> list[str]:
         return []
     s = stored_suggestion(rows)
     fits = {r["layer"]: r["value"] for r in rows if r["score"] == "fit"}
-    line = (f"probe ({rows[0]['created_at']:%Y-%m-%d %H:%M}): suggests new_layers "
-            f"{s.get('new_layers', float('nan')):.0f}, L2-SP {s.get('l2sp_upper', 0):g}")
+    line = (
+        f"probe ({rows[0]['created_at']:%Y-%m-%d %H:%M}): suggests new_layers "
+        f"{s.get('new_layers', float('nan')):.0f}, L2-SP {s.get('l2sp_upper', 0):g}"
+    )
     if fits:
         line += "; fit per layer (points over random weights): " + ", ".join(
-            f"{k}: {v:+.1f}" for k, v in sorted(fits.items()))
+            f"{k}: {v:+.1f}" for k, v in sorted(fits.items())
+        )
     return [line]
 
 
@@ -80,14 +87,18 @@ def _summary(spec: StudySpec, role: Role, trials: list[FrozenTrial]) -> list[str
     if role.points(spec) is not None:
         once, more, points = grid_coverage(trials)
         missing = points - once - more
-        lines.append(f"{role.name} grid: {once}/{points} points finished once, {more} more than once"
-                     f", {missing} not (yet) finished")
+        lines.append(
+            f"{role.name} grid: {once}/{points} points finished once, {more} more than once"
+            f", {missing} not (yet) finished"
+        )
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     if not done:
         return lines
     best = max(done, key=lambda t: (t.value, -t.number))
-    lines.append(f"best {role.name}: {best.value:.2f} (trial {best.number}, one run; `final` "
-                 "re-ranks the top configs with more seeds)")
+    lines.append(
+        f"best {role.name}: {best.value:.2f} (trial {best.number}, one run; `final` "
+        "re-ranks the top configs with more seeds)"
+    )
     if role is DEFAULT:
         tried = {k: [t.params.get(k) for t in done] for k in best.params}
         notes = edges.grid_notes(tried, best.params)

@@ -27,7 +27,8 @@ OTHER = "other"
 
 metadata = sa.MetaData()
 runs_table = sa.Table(
-    "nbtl_runs", metadata,
+    "nbtl_runs",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("study", sa.String, nullable=False),
     sa.Column("role", sa.String, nullable=False),
@@ -55,7 +56,8 @@ runs_table = sa.Table(
     sa.Column("predictions_path", sa.String),
 )
 epochs_table = sa.Table(
-    "nbtl_epochs", metadata,
+    "nbtl_epochs",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("run_id", sa.Integer, sa.ForeignKey("nbtl_runs.id"), nullable=False),
     sa.Column("epoch", sa.Integer, nullable=False),
@@ -68,7 +70,8 @@ epochs_table = sa.Table(
     sa.Column("seconds", sa.Float),
 )
 ladder_table = sa.Table(
-    "nbtl_ladder", metadata,
+    "nbtl_ladder",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("study", sa.String, nullable=False),
     sa.Column("position", sa.Integer, nullable=False),
@@ -84,7 +87,8 @@ ladder_table = sa.Table(
     sa.Column("created_at", sa.DateTime, nullable=False),
 )
 probe_table = sa.Table(
-    "nbtl_probe", metadata,
+    "nbtl_probe",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("study", sa.String, nullable=False),
     sa.Column("layer", sa.Integer),
@@ -94,7 +98,8 @@ probe_table = sa.Table(
     sa.Column("created_at", sa.DateTime, nullable=False),
 )
 predictions_table = sa.Table(
-    "nbtl_predictions", metadata,
+    "nbtl_predictions",
+    metadata,
     sa.Column("run_id", sa.Integer, sa.ForeignKey("nbtl_runs.id"), primary_key=True),
     sa.Column("n_images", sa.Integer, nullable=False),
     sa.Column("n_classes", sa.Integer, nullable=False),
@@ -120,8 +125,14 @@ SEARCH_AND_DEFAULT = [
 # Re-ranking runs (train -> val, more seeds): (id, source run, seed, val_top1).
 # Means: default run 2: (75 + 74 + 73) / 3 = 74; search run 9: (85 + 80 + 81) / 3 = 82,
 # search run 6: (83 + 84 + 85) / 3 = 84 -> the re-ranked optimum is run 6, not the single best 9.
-RERANK = [(30, 2, 1, 74.0), (31, 2, 2, 73.0), (32, 9, 1, 80.0), (33, 9, 2, 81.0),
-          (34, 6, 1, 84.0), (35, 6, 2, 85.0)]
+RERANK = [
+    (30, 2, 1, 74.0),
+    (31, 2, 2, 73.0),
+    (32, 9, 1, 80.0),
+    (33, 9, 2, 81.0),
+    (34, 6, 1, 84.0),
+    (35, 6, 2, 85.0),
+]
 # The ladder `final` stored: rung -> (source run or None, new_layers, lrs, l2sp, adds).
 LADDER = [
     ("default", 2, 1, [0.1], [0.0], ""),
@@ -151,16 +162,36 @@ N_TEST, N_CLASSES = 40, 4
 # Paired per image: d_i = 1 for i in 20..29, else 0: the difference over the images is 25 points.
 RIGHT = {"search": 30, "default": 20, "ladder": 25}
 # The probe: (layer, name, score, value); layer None for model-level values and the suggestion.
-PROBE = [(2, "layer4", "probe_acc", 60.0), (2, "layer4", "random_acc", 30.0), (2, "layer4", "fit", 30.0),
-         (3, "layer3", "probe_acc", 50.0), (3, "layer3", "random_acc", 35.0), (3, "layer3", "fit", 15.0),
-         (None, None, "logme", -0.5), (None, None, "suggested.new_layers", 1.0)]
+PROBE = [
+    (2, "layer4", "probe_acc", 60.0),
+    (2, "layer4", "random_acc", 30.0),
+    (2, "layer4", "fit", 30.0),
+    (3, "layer3", "probe_acc", 50.0),
+    (3, "layer3", "random_acc", 35.0),
+    (3, "layer3", "fit", 15.0),
+    (None, None, "logme", -0.5),
+    (None, None, "suggested.new_layers", 1.0),
+]
 
 EXPECTED = {
-    "default_run_id": 2, "default_val_top1": 75.0, "default_val_mean": 74.0, "default_val_n": 3,
-    "optimal_run_id": 6, "optimal_val_top1": 83.0, "optimal_val_mean": 84.0, "optimal_val_n": 3,
-    "default_test_mean": 76.0, "default_test_sd": 2.0, "default_n_seeds": 3,
-    "optimal_test_mean": 85.0, "optimal_test_sd": 1.0, "optimal_n_seeds": 3,
-    "difference": 9.0, "val_difference": 8.0, "test_images": N_TEST, "verdict": "gain",
+    "default_run_id": 2,
+    "default_val_top1": 75.0,
+    "default_val_mean": 74.0,
+    "default_val_n": 3,
+    "optimal_run_id": 6,
+    "optimal_val_top1": 83.0,
+    "optimal_val_mean": 84.0,
+    "optimal_val_n": 3,
+    "default_test_mean": 76.0,
+    "default_test_sd": 2.0,
+    "default_n_seeds": 3,
+    "optimal_test_mean": 85.0,
+    "optimal_test_sd": 1.0,
+    "optimal_n_seeds": 3,
+    "difference": 9.0,
+    "val_difference": 8.0,
+    "test_images": N_TEST,
+    "verdict": "gain",
     "differences": "lrs: [0.1] -> [0.3, 0.1, 0.03]; new_layers: 1 -> 2",
     "notes": "lr 0.1 is the largest value the baseline tried",
 }
@@ -174,13 +205,28 @@ EXPECTED_LADDER = {
 }
 
 
-def config(new_layers: int, lrs: list[float], l2sp: list[float], seed: int = 0,
-           train_split: str = "train") -> dict:
+def config(
+    new_layers: int, lrs: list[float], l2sp: list[float], seed: int = 0, train_split: str = "train"
+) -> dict:
     return {
-        "dataset": "digits", "model": "test_resnet", "new_layers": new_layers, "num_low": 1,
-        "lrs": lrs, "l2sp_rates": l2sp, "l2_rates": [0.0], "weight_decay": 0.0005, "mixup": 0.0,
-        "cutmix": 0.0, "aa": None, "reprob": 0.0, "smoothing": 0.0, "epochs": 3, "batch_size": 32,
-        "seed": seed, "train_split": train_split, "extra": {},
+        "dataset": "digits",
+        "model": "test_resnet",
+        "new_layers": new_layers,
+        "num_low": 1,
+        "lrs": lrs,
+        "l2sp_rates": l2sp,
+        "l2_rates": [0.0],
+        "weight_decay": 0.0005,
+        "mixup": 0.0,
+        "cutmix": 0.0,
+        "aa": None,
+        "reprob": 0.0,
+        "smoothing": 0.0,
+        "epochs": 3,
+        "batch_size": 32,
+        "seed": seed,
+        "train_split": train_split,
+        "extra": {},
     }
 
 
@@ -225,44 +271,86 @@ def build(folder: Path) -> str:
         by_id[rid] = cfg
         rows.append(_run(rid, STUDY, role, trial, cfg, state, val, t0))
         for epoch in range(3 if val is not None else 0):
-            epoch_rows.append({
-                "run_id": rid, "epoch": epoch, "train_loss": 2.0 - epoch / 2, "val_loss": 1.5,
-                "val_top1": val - 10.0 * (2 - epoch), "val_top5": 99.0,
-                "lrs": json.dumps([lrs[0], lrs[-1], lrs[-1]]), "penalty": 0.0, "seconds": 1.5})
+            epoch_rows.append(
+                {
+                    "run_id": rid,
+                    "epoch": epoch,
+                    "train_loss": 2.0 - epoch / 2,
+                    "val_loss": 1.5,
+                    "val_top1": val - 10.0 * (2 - epoch),
+                    "val_top5": 99.0,
+                    "lrs": json.dumps([lrs[0], lrs[-1], lrs[-1]]),
+                    "penalty": 0.0,
+                    "seconds": 1.5,
+                }
+            )
     for rid, source, seed, val in RERANK:
         cfg = dict(by_id[source], seed=seed)
-        rows.append(_run(rid, STUDY, "rerank", None, cfg, "complete", val, t0)
-                    | {"source_run_id": source})
+        rows.append(
+            _run(rid, STUDY, "rerank", None, cfg, "complete", val, t0) | {"source_run_id": source}
+        )
     rung_configs, ladder_rows = {}, []
     for position, (rung, source, nl, lrs, l2sp, adds) in enumerate(LADDER):
         cfg = config(nl, lrs, l2sp)
         rung_configs[rung] = cfg
         stats = {2: (75.0, 74.0, 3), 6: (83.0, 84.0, 3)}.get(source, (None, None, None))
-        ladder_rows.append({
-            "study": STUDY, "position": position, "rung": rung, "adds": adds,
-            "config": json.dumps(cfg), "config_hash": config_hash(cfg), "source_run_id": source,
-            "val_top1": stats[0], "val_mean": stats[1], "val_n": stats[2],
-            "notes": json.dumps(LADDER_NOTES.get(rung, [])), "created_at": t0})
+        ladder_rows.append(
+            {
+                "study": STUDY,
+                "position": position,
+                "rung": rung,
+                "adds": adds,
+                "config": json.dumps(cfg),
+                "config_hash": config_hash(cfg),
+                "source_run_id": source,
+                "val_top1": stats[0],
+                "val_mean": stats[1],
+                "val_n": stats[2],
+                "notes": json.dumps(LADDER_NOTES.get(rung, [])),
+                "created_at": t0,
+            }
+        )
     prediction_rows = []
     for rid, rung, final_of, seed, state, test in FINALS:
         cfg = dict(rung_configs[rung], seed=seed, train_split="trainval")
         row = _run(rid, STUDY, "final", None, cfg, state, None, t0)
-        row |= {"final_of": final_of, "test_top1": test, "seed": seed,
-                "test_top5": None if test is None else 99.0,
-                "source_run_id": dict((r, s) for r, s, *_ in LADDER)[rung]}
+        row |= {
+            "final_of": final_of,
+            "test_top1": test,
+            "seed": seed,
+            "test_top5": None if test is None else 99.0,
+            "source_run_id": dict((r, s) for r, s, *_ in LADDER)[rung],
+        }
         rows.append(row)
         if state == "complete":
-            prediction_rows.append({"run_id": rid, "n_images": N_TEST, "n_classes": N_CLASSES,
-                                    "npz": npz(predictions(rid, RIGHT[final_of]))})
+            prediction_rows.append(
+                {
+                    "run_id": rid,
+                    "n_images": N_TEST,
+                    "n_classes": N_CLASSES,
+                    "npz": npz(predictions(rid, RIGHT[final_of])),
+                }
+            )
     rows.append(_run(100, OTHER, "search", 0, config(2, [0.1], [0.0]), "complete", 99.0, t0))
     with engine.begin() as conn:
         conn.execute(runs_table.insert(), rows)
         conn.execute(epochs_table.insert(), epoch_rows)
         conn.execute(ladder_table.insert(), ladder_rows)
         conn.execute(predictions_table.insert(), prediction_rows)
-        conn.execute(probe_table.insert(), [
-            {"study": STUDY, "layer": layer, "layer_name": name, "score": score, "value": value,
-             "created_at": t0} for layer, name, score, value in PROBE])
+        conn.execute(
+            probe_table.insert(),
+            [
+                {
+                    "study": STUDY,
+                    "layer": layer,
+                    "layer_name": name,
+                    "score": score,
+                    "value": value,
+                    "created_at": t0,
+                }
+                for layer, name, score, value in PROBE
+            ],
+        )
     engine.dispose()
     return url
 
@@ -282,18 +370,42 @@ def variant(built: Path, dest: Path, *sql: str) -> str:
     return f"sqlite:///{dest / 'nbtl.db'}"
 
 
-def _run(rid: int, study: str, role: str, trial: int | None, cfg: dict, state: str,
-         val: float | None, t0: datetime) -> dict:
+def _run(
+    rid: int,
+    study: str,
+    role: str,
+    trial: int | None,
+    cfg: dict,
+    state: str,
+    val: float | None,
+    t0: datetime,
+) -> dict:
     return {
-        "id": rid, "study": study, "role": role, "trial_number": trial, "dataset": "digits",
-        "model": "test_resnet", "config": json.dumps(cfg), "config_hash": config_hash(cfg),
-        "seed": cfg["seed"], "state": state, "val_top1": val,
-        "best_epoch": None if val is None else 2, "epochs_run": 3, "test_top1": None,
-        "test_top5": None, "wall_s": 5.0, "images_per_s": 100.0, "device": "cpu",
-        "host": "test", "error": "boom" if state == "failed" else None,
+        "id": rid,
+        "study": study,
+        "role": role,
+        "trial_number": trial,
+        "dataset": "digits",
+        "model": "test_resnet",
+        "config": json.dumps(cfg),
+        "config_hash": config_hash(cfg),
+        "seed": cfg["seed"],
+        "state": state,
+        "val_top1": val,
+        "best_epoch": None if val is None else 2,
+        "epochs_run": 3,
+        "test_top1": None,
+        "test_top5": None,
+        "wall_s": 5.0,
+        "images_per_s": 100.0,
+        "device": "cpu",
+        "host": "test",
+        "error": "boom" if state == "failed" else None,
         "started_at": t0 + timedelta(minutes=rid),
         "finished_at": t0 + timedelta(minutes=rid, seconds=5),
-        "source_run_id": None, "final_of": None, "predictions_path": None,
+        "source_run_id": None,
+        "final_of": None,
+        "predictions_path": None,
     }
 
 
@@ -301,18 +413,21 @@ def _optuna_studies(url: str) -> None:
     """Optuna's own tables: the search study (params + values) and its default baseline."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     search = optuna.create_study(study_name=STUDY, storage=url, direction="maximize")
-    dists = {"new_layers": optuna.distributions.IntDistribution(1, 3),
-             "lr_new": optuna.distributions.FloatDistribution(0.01, 0.3, log=True),
-             "l2sp_upper": optuna.distributions.FloatDistribution(0.0, 0.1)}
+    dists = {
+        "new_layers": optuna.distributions.IntDistribution(1, 3),
+        "lr_new": optuna.distributions.FloatDistribution(0.01, 0.3, log=True),
+        "l2sp_upper": optuna.distributions.FloatDistribution(0.0, 0.1),
+    }
     for _, role, _, nl, lrs, l2sp, state, val in SEARCH_AND_DEFAULT:
         if role == "search" and state == "complete":
             params = {"new_layers": nl, "lr_new": lrs[0], "l2sp_upper": l2sp[1 % len(l2sp)]}
-            search.add_trial(optuna.trial.create_trial(params=params, distributions=dists,
-                                                       value=val))
-    default = optuna.create_study(study_name=f"{STUDY}.default", storage=url,
-                                  direction="maximize")
+            search.add_trial(
+                optuna.trial.create_trial(params=params, distributions=dists, value=val)
+            )
+    default = optuna.create_study(study_name=f"{STUDY}.default", storage=url, direction="maximize")
     lr = {"lr": optuna.distributions.FloatDistribution(0.01, 0.3, log=True)}
     for _, role, _, _, lrs, _, state, val in SEARCH_AND_DEFAULT:
         if role == "default" and state == "complete":
-            default.add_trial(optuna.trial.create_trial(params={"lr": lrs[0]}, distributions=lr,
-                                                        value=val))
+            default.add_trial(
+                optuna.trial.create_trial(params={"lr": lrs[0]}, distributions=lr, value=val)
+            )

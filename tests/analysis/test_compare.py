@@ -52,7 +52,9 @@ def test_compare_reads_the_selection_and_its_numbers(url: str) -> None:
     assert len(out) == 1
     row = out.iloc[0]
     for key, expected in db.EXPECTED.items():
-        assert row[key] == (pytest.approx(expected) if isinstance(expected, float) else expected), key
+        assert row[key] == (pytest.approx(expected) if isinstance(expected, float) else expected), (
+            key
+        )
     # winner's curse: the single best trial (run 9, 85) lost the re-ranking to run 6 (mean 84)
     assert row["optimal_val_top1"] < 85.0 < row["optimal_val_mean"] + 1.01
 
@@ -62,7 +64,7 @@ def test_welch_interval_by_hand(url: str) -> None:
     a, b = np.array([85.0, 84.0, 86.0]), np.array([74.0, 76.0, 78.0])
     se2_a, se2_b = a.var(ddof=1) / 3, b.var(ddof=1) / 3  # 1/3 and 4/3
     se = math.sqrt(se2_a + se2_b)  # sqrt(5/3)
-    df = (se2_a + se2_b) ** 2 / (se2_a ** 2 / 2 + se2_b ** 2 / 2)  # 50/17
+    df = (se2_a + se2_b) ** 2 / (se2_a**2 / 2 + se2_b**2 / 2)  # 50/17
     assert df == pytest.approx(50 / 17)
     half = scipy_stats.t.ppf(0.975, df) * se
     assert row["ci_df"] == pytest.approx(df)
@@ -77,7 +79,10 @@ def test_bootstrap_interval_by_hand(url: str) -> None:
     rng = np.random.default_rng(0)  # the documented fixed seed, resampled one set at a time
     means = [100 * d[rng.integers(0, db.N_TEST, size=db.N_TEST)].mean() for _ in range(2000)]
     low, high = np.percentile(means, [2.5, 97.5])
-    assert (row["bootstrap_low"], row["bootstrap_high"]) == (pytest.approx(low), pytest.approx(high))
+    assert (row["bootstrap_low"], row["bootstrap_high"]) == (
+        pytest.approx(low),
+        pytest.approx(high),
+    )
     # and the normal approximation agrees: 25 -+ 1.96 * 100 * sqrt(0.25 * 0.75 / 40) = 25 -+ 13.4
     assert abs(row["bootstrap_low"] - 11.6) < 3 and abs(row["bootstrap_high"] - 38.4) < 3
 
@@ -96,19 +101,27 @@ def test_intervals_degenerate_cases() -> None:
 
 def test_no_clear_difference_when_an_interval_holds_zero(built: Path, tmp_path: Path) -> None:
     # default finals 74/76/78 -> 82/84/86: difference 85 - 84 = 1, Welch interval about -4 to +6
-    url = variant(built, tmp_path / "v",
-                  "UPDATE nbtl_runs SET test_top1 = test_top1 + 8 WHERE final_of = 'default'")
+    url = variant(
+        built,
+        tmp_path / "v",
+        "UPDATE nbtl_runs SET test_top1 = test_top1 + 8 WHERE final_of = 'default'",
+    )
     row = analysis.compare(url, db.STUDY).iloc[0]
     assert row["difference"] == pytest.approx(1.0) and row["ci_low"] < 0 < row["ci_high"]
     assert row["bootstrap_low"] > 0  # the images alone would say "gain" ...
     assert row["verdict"] == "no clear difference"  # ... but every interval must agree
-    assert "No clear difference: an interval includes 0." in analysis.summary_markdown(url, db.STUDY)
+    assert "No clear difference: an interval includes 0." in analysis.summary_markdown(
+        url, db.STUDY
+    )
 
 
 def test_a_loss_is_called_a_loss(built: Path, tmp_path: Path) -> None:
-    url = variant(built, tmp_path / "v",
-                  "UPDATE nbtl_runs SET test_top1 = test_top1 + 20 WHERE final_of = 'default'",
-                  "UPDATE nbtl_predictions SET run_id = run_id + 1000 WHERE run_id BETWEEN 20 AND 29")
+    url = variant(
+        built,
+        tmp_path / "v",
+        "UPDATE nbtl_runs SET test_top1 = test_top1 + 20 WHERE final_of = 'default'",
+        "UPDATE nbtl_predictions SET run_id = run_id + 1000 WHERE run_id BETWEEN 20 AND 29",
+    )
     with pytest.warns(AnalysisWarning, match="no stored test predictions"):
         row = analysis.compare(url, db.STUDY).iloc[0]
     assert row["difference"] == pytest.approx(-11.0) and row["verdict"] == "loss"
@@ -116,8 +129,12 @@ def test_a_loss_is_called_a_loss(built: Path, tmp_path: Path) -> None:
 
 
 def test_compare_before_final(built: Path, tmp_path: Path) -> None:
-    url = variant(built, tmp_path / "v", "DELETE FROM nbtl_runs WHERE role IN ('final', 'rerank')",
-                  "DELETE FROM nbtl_ladder")
+    url = variant(
+        built,
+        tmp_path / "v",
+        "DELETE FROM nbtl_runs WHERE role IN ('final', 'rerank')",
+        "DELETE FROM nbtl_ladder",
+    )
     row = analysis.compare(url, db.STUDY).iloc[0]
     # the single best trials (ties to the lower run id: 9 before 11)
     assert row["optimal_run_id"] == 9 and row["default_run_id"] == 2
@@ -175,15 +192,21 @@ def test_missing_predictions_degrade_only_what_needs_them(built: Path, tmp_path:
     url = variant(built, tmp_path / "v", "DELETE FROM nbtl_predictions WHERE run_id = 21")
     with pytest.warns(AnalysisWarning, match=r"final run\(s\) 21 have no stored test predictions"):
         row = analysis.compare(url, db.STUDY).iloc[0]
-    assert row["ensemble_size"] == 2 and row["ensemble_test_top1"] == pytest.approx(by_hand([20, 22]))
+    assert row["ensemble_size"] == 2 and row["ensemble_test_top1"] == pytest.approx(
+        by_hand([20, 22])
+    )
     assert math.isnan(row["bootstrap_low"])  # needs every final model of both sides
     assert row["ci_low"] > 0 and row["verdict"] == "gain"  # the seeds alone still decide
 
 
 def test_older_databases_read_their_prediction_files(built: Path, tmp_path: Path) -> None:
-    url = variant(built, tmp_path / "v", "DROP TABLE nbtl_predictions",
-                  "UPDATE nbtl_runs SET predictions_path = 'preds/run' || id || '.npz' "
-                  "WHERE id IN (20, 21, 22)")
+    url = variant(
+        built,
+        tmp_path / "v",
+        "DROP TABLE nbtl_predictions",
+        "UPDATE nbtl_runs SET predictions_path = 'preds/run' || id || '.npz' "
+        "WHERE id IN (20, 21, 22)",
+    )
     (tmp_path / "v" / "preds").mkdir()
     for rid in (20, 21, 22):
         probs, labels = db.stored_predictions(rid)
@@ -219,8 +242,11 @@ def test_error_no_database_file(tmp_path: Path) -> None:
 def test_error_no_nbtl_tables(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "x.db") as conn:
         conn.execute("CREATE TABLE unrelated (x INTEGER)")
-    with pytest.raises(AnalysisError, match=r"no nbtl tables in sqlite:///.*x\.db: run "
-                                            r"`nbtl-search run STUDY.yaml` first"):
+    with pytest.raises(
+        AnalysisError,
+        match=r"no nbtl tables in sqlite:///.*x\.db: run "
+        r"`nbtl-search run STUDY.yaml` first",
+    ):
         analysis.compare(f"sqlite:///{tmp_path / 'x.db'}", "demo")
 
 
@@ -230,16 +256,27 @@ def test_error_unknown_study_lists_studies(url: str) -> None:
 
 
 def test_error_no_default_baseline(built: Path, tmp_path: Path) -> None:
-    url = variant(built, tmp_path / "v", "DELETE FROM nbtl_runs WHERE role = 'default'",
-                  "DELETE FROM nbtl_ladder")
-    with pytest.raises(AnalysisError, match=r"study 'demo' has no default baseline yet: "
-                                            r"run `nbtl-search baseline STUDY.yaml`"):
+    url = variant(
+        built,
+        tmp_path / "v",
+        "DELETE FROM nbtl_runs WHERE role = 'default'",
+        "DELETE FROM nbtl_ladder",
+    )
+    with pytest.raises(
+        AnalysisError,
+        match=r"study 'demo' has no default baseline yet: "
+        r"run `nbtl-search baseline STUDY.yaml`",
+    ):
         analysis.compare(url, db.STUDY)
 
 
 def test_error_no_complete_search_runs(built: Path, tmp_path: Path) -> None:
-    url = variant(built, tmp_path / "v", "DELETE FROM nbtl_ladder",
-                  "UPDATE nbtl_runs SET state = 'pruned' WHERE role = 'search'")
+    url = variant(
+        built,
+        tmp_path / "v",
+        "DELETE FROM nbtl_ladder",
+        "UPDATE nbtl_runs SET state = 'pruned' WHERE role = 'search'",
+    )
     for call in (analysis.compare, analysis.figures.history_figure):
         with pytest.raises(AnalysisError, match=r"study 'demo' has no complete search runs"):
             call(url, db.STUDY)
@@ -247,13 +284,19 @@ def test_error_no_complete_search_runs(built: Path, tmp_path: Path) -> None:
 
 def test_error_no_final_predictions(built: Path, tmp_path: Path) -> None:
     url = variant(built, tmp_path / "v", "DELETE FROM nbtl_predictions")
-    with pytest.warns(AnalysisWarning), pytest.raises(AnalysisError, match="no complete final runs"):
+    with (
+        pytest.warns(AnalysisWarning),
+        pytest.raises(AnalysisError, match="no complete final runs"),
+    ):
         analysis.ensemble_accuracy(url, db.STUDY, 3)
 
 
 def test_import_does_not_pull_trainer_or_search() -> None:
-    code = ("import sys, analysis; bad = [m for m in sys.modules if m.split('.')[0] in "
-            "('trainer', 'nbtl_search')]; print(bad); sys.exit(1 if bad else 0)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=Path(__file__).parents[2])
+    code = (
+        "import sys, analysis; bad = [m for m in sys.modules if m.split('.')[0] in "
+        "('trainer', 'nbtl_search')]; print(bad); sys.exit(1 if bad else 0)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[2]
+    )
     assert done.returncode == 0, done.stdout + done.stderr

@@ -21,8 +21,9 @@ NOTEBOOK = REPO / "analysis" / "notebooks" / "optimal_vs_default.ipynb"
 
 
 def test_report_is_one_offline_file_with_every_figure(url: str, tmp_path: Path) -> None:
-    out = analysis.write_report(url, db.STUDY, tmp_path / "sub" / "report.html",
-                                reference={"state of the art": 90.0})
+    out = analysis.write_report(
+        url, db.STUDY, tmp_path / "sub" / "report.html", reference={"state of the art": 90.0}
+    )
     text = out.read_text(encoding="utf-8")
     # ladder, history, importances, parallel coordinates, curves
     assert text.count('class="plotly-graph-div"') == 5
@@ -42,16 +43,24 @@ def test_report_notes_a_figure_it_cannot_draw(built: Path, tmp_path: Path) -> No
 
 
 def test_report_before_final_notes_the_missing_ladder(built: Path, tmp_path: Path) -> None:
-    url = variant(built, tmp_path / "v", "DELETE FROM nbtl_ladder",
-                  "DELETE FROM nbtl_runs WHERE role = 'final'")
+    url = variant(
+        built,
+        tmp_path / "v",
+        "DELETE FROM nbtl_ladder",
+        "DELETE FROM nbtl_runs WHERE role = 'final'",
+    )
     text = analysis.write_report(url, db.STUDY, tmp_path / "r.html").read_text()
     assert "Not drawn: study &#x27;demo&#x27; has no ladder yet" in text
     assert text.count('class="plotly-graph-div"') == 4  # every other figure is there
 
 
 def test_report_needs_a_baseline(built: Path, tmp_path: Path) -> None:
-    url = variant(built, tmp_path / "v", "DELETE FROM nbtl_runs WHERE role = 'default'",
-                  "DELETE FROM nbtl_ladder")
+    url = variant(
+        built,
+        tmp_path / "v",
+        "DELETE FROM nbtl_runs WHERE role = 'default'",
+        "DELETE FROM nbtl_ladder",
+    )
     with pytest.raises(AnalysisError, match="nbtl-search baseline"):
         analysis.write_report(url, db.STUDY, tmp_path / "r.html")
     assert not (tmp_path / "r.html").exists()
@@ -94,8 +103,9 @@ def test_importance_figure_says_why_it_has_none(url: str) -> None:
 
 def test_empty_inputs_raise(url: str) -> None:
     with pytest.raises(AnalysisError, match="no test results yet"):
-        figures.ladder_figure(pd.DataFrame(columns=["rung", "adds", "test_mean", "test_sd",
-                                                    "n_seeds"]), "t")
+        figures.ladder_figure(
+            pd.DataFrame(columns=["rung", "adds", "test_mean", "test_sd", "n_seeds"]), "t"
+        )
     with pytest.raises(AnalysisError, match="no per-epoch rows"):
         figures.curves_figure(url, db.OTHER)
 
@@ -104,9 +114,14 @@ def test_notebook_executes(url: str) -> None:
     nb = nbformat.read(NOTEBOOK, as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     params.source = f'url = {url!r}\nstudy = {db.STUDY!r}\nreference = {{"sota": 90.0}}'
-    NotebookClient(nb, kernel_name="python3", timeout=120,
-                   resources={"metadata": {"path": str(REPO)}}).execute()
-    text = "\n".join(str(o.get("data", {}).get("text/plain", "")) + o.get("text", "")
-                     for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    NotebookClient(
+        nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(REPO)}}
+    ).execute()
+    text = "\n".join(
+        str(o.get("data", {}).get("text/plain", "")) + o.get("text", "")
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+    )
     assert "+ learning rates" in text and "The optimum is better" in text
     assert not any(o.output_type == "error" for c in nb.cells for o in c.get("outputs", []))

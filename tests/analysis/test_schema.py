@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from nbtl_search.store import results
-from nbtl_search.store import schema
+from nbtl_search.store import results, schema
 from tests.analysis import db
 
 

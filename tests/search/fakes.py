@@ -40,18 +40,34 @@ def fake_fit(cfg: TrainConfig, reporter) -> TrainResult:
             while True:  # a worker stuck here is killed by the test
                 os.sched_yield()
         top1 = math.nan if lr == NAN_LR else score(cfg) * epoch / cfg.epochs
-        m = EpochMetrics(epoch=epoch, train_loss=1.0 / epoch, val_loss=1.0, val_top1=top1,
-                         val_top5=min(100.0, top1 + 10) if top1 == top1 else top1,
-                         lrs=cfg.part_lrs(), penalty=0.0, seconds=0.01, images_per_s=1000.0)
+        m = EpochMetrics(
+            epoch=epoch,
+            train_loss=1.0 / epoch,
+            val_loss=1.0,
+            val_top1=top1,
+            val_top5=min(100.0, top1 + 10) if top1 == top1 else top1,
+            lrs=cfg.part_lrs(),
+            penalty=0.0,
+            seconds=0.01,
+            images_per_s=1000.0,
+        )
         history.append(m)
         if reporter.report(epoch, m) is Decision.STOP:
             stop = StopReason.REPORTER
             break
     finite = [m for m in history if m.val_top1 == m.val_top1]
     best = max(finite, key=lambda m: m.val_top1) if finite else None
-    return TrainResult(history=tuple(history), best_val_top1=best.val_top1 if best else None,
-                       best_epoch=best.epoch if best else None, test=None, wall_s=0.01 * len(history),
-                       images_per_s=1000.0, stop_reason=stop, num_classes=5, device=cfg.device)
+    return TrainResult(
+        history=tuple(history),
+        best_val_top1=best.val_top1 if best else None,
+        best_epoch=best.epoch if best else None,
+        test=None,
+        wall_s=0.01 * len(history),
+        images_per_s=1000.0,
+        stop_reason=stop,
+        num_classes=5,
+        device=cfg.device,
+    )
 
 
 def spec_dict(name: str = "fake", **overrides) -> dict:
@@ -74,17 +90,25 @@ def spec_dict(name: str = "fake", **overrides) -> dict:
     return d
 
 
-def worker_process(url: str, spec: dict, index: int, barrier=None, hang_file: str | None = None,
-                   grace_period: int = 30, role: str = "search", flaky_dir: str | None = None) -> None:
+def worker_process(
+    url: str,
+    spec: dict,
+    index: int,
+    barrier=None,
+    hang_file: str | None = None,
+    grace_period: int = 30,
+    role: str = "search",
+    flaky_dir: str | None = None,
+) -> None:
     """Entry point of a spawned worker process running the fake trainer; exits with the worker's
     exit code."""
     import sys
 
     import optuna
 
+    from nbtl_search.run.worker import WorkerOptions, run_worker
     from nbtl_search.study.roles import ROLES
     from nbtl_search.study.spec import parse_spec
-    from nbtl_search.run.worker import WorkerOptions, run_worker
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if hang_file:

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from nbtl_search.cli import main
+from nbtl_search.run.worker import WorkerOptions, run_worker
 from nbtl_search.study.roles import DEFAULT, SEARCH
 from nbtl_search.study.spec import load_spec
-from nbtl_search.run.worker import WorkerOptions, run_worker
 from tests.search import fakes
 
 
@@ -25,8 +25,13 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (folder / "study.yaml").write_text(yaml.safe_dump(fakes.spec_dict()))
     url = f"sqlite:///{folder / 'nbtl.db'}"
     for role in (DEFAULT, SEARCH):
-        run_worker(load_spec(folder / "study.yaml"), url, role, WorkerOptions(device="cpu", index=0),
-                   fit=fakes.fake_fit)
+        run_worker(
+            load_spec(folder / "study.yaml"),
+            url,
+            role,
+            WorkerOptions(device="cpu", index=0),
+            fit=fakes.fake_fit,
+        )
     with sqlite3.connect(folder / "nbtl.db") as conn:  # everything into the file itself
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return folder
@@ -37,8 +42,10 @@ STUDY_FILES = {
     "not yaml": ("name: [unclosed\n", "invalid YAML"),
     "a list": ("- 1\n- 2\n", "top level: must be a mapping"),
     "bogus aa": ({"search_space": {"aa": "bogus-string"}}, "aa 'bogus-string' is not a valid"),
-    "aa without value": ({"train": {"aa": "rand-mX"}, "search_space": {"lr": 0.1}},
-                         "section 'mX' has no value"),
+    "aa without value": (
+        {"train": {"aa": "rand-mX"}, "search_space": {"lr": 0.1}},
+        "section 'mX' has no value",
+    ),
     "bogus remode": ({"train": {"remode": "zebra"}}, "remode must be one of"),
     "empty storage": ({"storage": ""}, "storage: must not be empty"),
     "unknown default setting": ({"default_settings": {"lr_x": [0.1]}}, "not a TrainConfig field"),
@@ -46,10 +53,18 @@ STUDY_FILES = {
     "negative rerank k": ({"final": {"rerank_top_k": -1}}, "final.rerank_top_k: must be >= 0"),
     "zero seeds": ({"final": {"seeds": 0}}, "final.seeds: must be >= 1"),
     "nan epochs": ({"train": {"epochs": float("nan")}}, "train.epochs: must be an integer"),
-    "infinite momentum": ({"train": {"momentum": float("inf")}}, "train.momentum: must be a number"),
+    "infinite momentum": (
+        {"train": {"momentum": float("inf")}},
+        "train.momentum: must be a number",
+    ),
     "negative l2 rate": ({"search_space": {"lr": 0.1, "l2_upper": -0.1}}, "l2_rates must be >= 0"),
-    "float grid": ({"sampler": {"type": "grid"}, "search_space": {
-        "lr": {"type": "float", "low": 0.01, "high": 0.1}}}, "grid sampler needs discrete axes"),
+    "float grid": (
+        {
+            "sampler": {"type": "grid"},
+            "search_space": {"lr": {"type": "float", "low": 0.01, "high": 0.1}},
+        },
+        "grid sampler needs discrete axes",
+    ),
 }
 
 
@@ -93,12 +108,18 @@ CLI = {
     "final --top-k 0": (["final", "--top-k", "0"], "--top-k: must be >= 1"),
     "final --jobs 0": (["final", "--jobs", "0"], "--jobs: must be >= 1"),
     "final --rerank-top-k -1": (["final", "--rerank-top-k", "-1"], "--rerank-top-k: must be >= 0"),
-    "final --rerank-top-k 99": (["final", "--rerank-top-k", "99", "--device", "cpu"],
-                                "--rerank-top-k 99 is more than the 3 distinct complete default"),
-    "final --top-k 99": (["final", "--top-k", "99", "--rerank-top-k", "1", "--device", "cpu"],
-                         "--top-k 99 is more than the 6 distinct complete search configs"),
-    "final on a new database": (["final", "--storage", "sqlite:///{new}", "--device", "cpu"],
-                                "no database at"),
+    "final --rerank-top-k 99": (
+        ["final", "--rerank-top-k", "99", "--device", "cpu"],
+        "--rerank-top-k 99 is more than the 3 distinct complete default",
+    ),
+    "final --top-k 99": (
+        ["final", "--top-k", "99", "--rerank-top-k", "1", "--device", "cpu"],
+        "--top-k 99 is more than the 6 distinct complete search configs",
+    ),
+    "final on a new database": (
+        ["final", "--storage", "sqlite:///{new}", "--device", "cpu"],
+        "no database at",
+    ),
     "status on a new database": (["status", "--storage", "sqlite:///{new}"], "no database"),
     "best on a new database": (["best", "--storage", "sqlite:///{new}"], "no database"),
     "export on a new database": (["export", "--storage", "sqlite:///{new}"], "no database"),
@@ -135,8 +156,9 @@ def test_a_bad_option_changes_nothing(case, finished, tmp_path, capsys, monkeypa
     argv = [a.replace("{new}", str(tmp_path / "new.db")) for a in argv]
     if argv[0] not in NO_STUDY:
         argv = [argv[0], str(folder / "study.yaml"), *argv[1:]]
-    (folder / "study.yaml").write_text(yaml.safe_dump({**fakes.spec_dict(),
-                                                      "storage": f"sqlite:///{folder / 'nbtl.db'}"}))
+    (folder / "study.yaml").write_text(
+        yaml.safe_dump({**fakes.spec_dict(), "storage": f"sqlite:///{folder / 'nbtl.db'}"})
+    )
     before = _snapshot(folder)
     code = main(argv)
     _assert_one_line(code, capsys.readouterr().err, needle)
@@ -155,8 +177,11 @@ def _copy(finished: Path, tmp_path: Path) -> Path:
 def _snapshot(folder: Path) -> dict[str, str]:
     """File name -> sha256 of every file in `folder` (a read that checkpoints or creates a WAL
     file shows up here too)."""
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())
-            if p.is_file() and not p.name.endswith((".db-wal", ".db-shm"))}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.iterdir())
+        if p.is_file() and not p.name.endswith((".db-wal", ".db-shm"))
+    }
 
 
 def _assert_one_line(code: int, err: str, needle: str) -> None:

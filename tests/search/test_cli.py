@@ -16,11 +16,11 @@ import pytest
 import yaml
 
 from nbtl_search.cli import main
+from nbtl_search.run.worker import WorkerOptions, prepare_study, run_worker
+from nbtl_search.store.connection import open_rdb
 from nbtl_search.study.roles import DEFAULT, SEARCH
 from nbtl_search.study.sampling import config_from_params
 from nbtl_search.study.spec import load_spec, parse_spec
-from nbtl_search.store.connection import open_rdb
-from nbtl_search.run.worker import WorkerOptions, prepare_study, run_worker
 from tests.search import fakes
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -47,14 +47,20 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
 BAD_STUDIES = {
     "malformed yaml": ("name: [unclosed\n", "line"),
     "unknown section": ({**fakes.spec_dict(), "serach_space": {}}, "serach_space"),
-    "impossible range": (fakes.spec_dict(search_space={
-        "lr": {"type": "float", "low": 0.3, "high": 0.01}}), "search_space.lr"),
+    "impossible range": (
+        fakes.spec_dict(search_space={"lr": {"type": "float", "low": 0.3, "high": 0.01}}),
+        "search_space.lr",
+    ),
     "wrong type": (fakes.spec_dict(budget={"n_trials": "many"}), "budget.n_trials"),
     "malformed storage": (fakes.spec_dict(storage="sqlite//nope"), "storage"),
-    "missing dataset": (fakes.spec_dict(dataset={"name": "imagefolder", "data_dir": "/no/such/dir"}),
-                        "/no/such/dir"),
-    "too many layers": (fakes.spec_dict(search_space={
-        "new_layers": {"type": "int", "low": 1, "high": 9}}), "new_layers"),
+    "missing dataset": (
+        fakes.spec_dict(dataset={"name": "imagefolder", "data_dir": "/no/such/dir"}),
+        "/no/such/dir",
+    ),
+    "too many layers": (
+        fakes.spec_dict(search_space={"new_layers": {"type": "int", "low": 1, "high": 9}}),
+        "new_layers",
+    ),
 }
 
 
@@ -76,8 +82,15 @@ def _assert_one_line(code: int, err: str, needle: str) -> None:
 
 def test_unreachable_storage_exits_2(tmp_path, capsys) -> None:
     path = _write(tmp_path, fakes.spec_dict())
-    code, _, err = _run(capsys, "run", str(path), "--device", "cpu",
-                        "--storage", "postgresql+psycopg://postgres@127.0.0.1:1/none")
+    code, _, err = _run(
+        capsys,
+        "run",
+        str(path),
+        "--device",
+        "cpu",
+        "--storage",
+        "postgresql+psycopg://postgres@127.0.0.1:1/none",
+    )
     assert code == 2 and "cannot open storage" in err and err.count("\n") == 1
 
 
@@ -93,8 +106,9 @@ def test_a_study_name_reused_with_another_space_exits_2(tmp_path, capsys) -> Non
     first = parse_spec(fakes.spec_dict())
     prepare_study(first, open_rdb(url, heartbeat=False), SEARCH)
     other = fakes.spec_dict(search_space={"lr": {"type": "float", "low": 0.001, "high": 0.3}})
-    code, _, err = _run(capsys, "run", str(_write(tmp_path, other)), "--storage", url,
-                        "--device", "cpu")
+    code, _, err = _run(
+        capsys, "run", str(_write(tmp_path, other)), "--storage", url, "--device", "cpu"
+    )
     assert code == 2 and "different search space" in err
     study = optuna.load_study(study_name="fake", storage=url)
     assert study.trials == []
@@ -133,8 +147,11 @@ def test_dashboard_serves_the_study_and_stops_cleanly(finished_study) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "nbtl_search", "dashboard", str(path),
-                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nbtl_search", "dashboard", str(path), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         studies = _poll_json(f"http://127.0.0.1:{port}/api/studies", proc)
         assert {"fake", "fake.default"} <= {s["study_name"] for s in studies["study_summaries"]}
@@ -162,10 +179,13 @@ def test_final_and_report_say_which_command_to_run_first(tmp_path, capsys) -> No
     path, url = _study(tmp_path)
     code, _, err = _run(capsys, "report", str(path), "--out", str(tmp_path / "r.html"))
     assert code == 2 and "nbtl-search run" in err  # no database yet
-    run_worker(load_spec(path), url, SEARCH, WorkerOptions(device="cpu", index=0),
-               fit=fakes.fake_fit)
-    for verb in (["final", str(path), "--device", "cpu"],
-                 ["report", str(path), "--out", str(tmp_path / "r.html")]):
+    run_worker(
+        load_spec(path), url, SEARCH, WorkerOptions(device="cpu", index=0), fit=fakes.fake_fit
+    )
+    for verb in (
+        ["final", str(path), "--device", "cpu"],
+        ["report", str(path), "--out", str(tmp_path / "r.html")],
+    ):
         code, _, err = _run(capsys, *verb)
         assert code == 2 and "nbtl-search baseline" in err, err
     assert not (tmp_path / "r.html").exists()  # no empty report written
@@ -180,7 +200,9 @@ def test_worker_refuses_a_device_this_host_lacks(tmp_path, capsys) -> None:
 
 def test_status_shows_why_a_trial_failed(tmp_path, capsys) -> None:
     path, url = _study(tmp_path, search_space={"lr": fakes.FAIL_LR})
-    run_worker(load_spec(path), url, SEARCH, WorkerOptions(device="cpu", index=0), fit=fakes.fake_fit)
+    run_worker(
+        load_spec(path), url, SEARCH, WorkerOptions(device="cpu", index=0), fit=fakes.fake_fit
+    )
     code, out, _ = _run(capsys, "status", str(path))
     assert code == 0 and "fail" in out and "RuntimeError" in out  # the cell wraps at 80 columns
 

@@ -30,9 +30,14 @@ MODULES = sorted(_dotted(p) for p in PACKAGE.rglob("*.py") if p.stem != "__main_
 def _resolve(module: str, node: ast.ImportFrom) -> list[str]:
     """The nbtl_search modules an ImportFrom names (package `from x import mod` included)."""
     if node.level:
-        package = module.split(".") if (ROOT / module.replace(".", "/") / "__init__.py").exists() \
+        package = (
+            module.split(".")
+            if (ROOT / module.replace(".", "/") / "__init__.py").exists()
             else module.split(".")[:-1]
-        base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+        )
+        base = ".".join(
+            package[: len(package) - node.level + 1] + ([node.module] if node.module else [])
+        )
     else:
         base = node.module or ""
     if not base.startswith("nbtl_search"):
@@ -72,7 +77,7 @@ def test_the_import_graph_has_no_cycle() -> None:
         state[node] = 1
         for nxt in sorted(GRAPH[node]):
             if state.get(nxt) == 1:
-                cycle = path[path.index(nxt):] + [nxt]
+                cycle = path[path.index(nxt) :] + [nxt]
                 raise AssertionError(f"import cycle: {' -> '.join(cycle)}")
             if state.get(nxt) is None:
                 visit(nxt, path + [nxt])
@@ -104,14 +109,17 @@ def test_every_sub_package_says_what_it_holds() -> None:
 
 @pytest.mark.parametrize("module", MODULES)
 def test_each_module_imports_on_its_own(module: str) -> None:
-    done = subprocess.run([sys.executable, "-c", f"import {module}"],
-                          capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", f"import {module}"], capture_output=True, text=True, cwd=ROOT
+    )
     assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_a_worker_does_not_load_the_analysis_stack() -> None:
-    code = ("import sys, nbtl_search.commands; bad = [m for m in ('analysis', 'pandas', 'plotly') "
-            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, nbtl_search.commands; bad = [m for m in ('analysis', 'pandas', 'plotly') "
+        "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -121,7 +129,12 @@ def test_the_wheel_lists_every_package() -> None:
     sub-package missing from that list would be left out of a plain `pip install .`."""
     import tomllib
 
-    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {".".join(p.parent.relative_to(ROOT).parts)
-             for top in ("nbtl_search", "trainer", "analysis") for p in (ROOT / top).rglob("__init__.py")}
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for top in ("nbtl_search", "trainer", "analysis")
+        for p in (ROOT / top).rglob("__init__.py")
+    }
     assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"

@@ -10,25 +10,37 @@ import pytest
 from optuna.trial import TrialState
 
 from nbtl_search.run.objective import Objective
+from nbtl_search.run.signals import Stopped, stop_on_signals
 from nbtl_search.run.trial_queue import is_lost
+from nbtl_search.store.connection import open_rdb
 from nbtl_search.store.results import ResultStore
 from nbtl_search.study.roles import SEARCH
 from nbtl_search.study.spec import parse_spec
-from nbtl_search.run.signals import Stopped, stop_on_signals
-from nbtl_search.store.connection import open_rdb
 from tests.search import fakes
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 def _study(url: str, pruner=None) -> optuna.Study:
-    return optuna.create_study(study_name="s", storage=open_rdb(url, heartbeat=False),
-                               direction="maximize", pruner=pruner or optuna.pruners.NopPruner())
+    return optuna.create_study(
+        study_name="s",
+        storage=open_rdb(url, heartbeat=False),
+        direction="maximize",
+        pruner=pruner or optuna.pruners.NopPruner(),
+    )
 
 
-def _objective(url: str, lr: float, mode: str = "best", epochs: int = 4, fit=fakes.fake_fit) -> Objective:
-    spec = parse_spec(fakes.spec_dict(name="s", train={"epochs": epochs}, objective={"mode": mode},
-                                      search_space={"lr": lr, "new_layers": 2}))
+def _objective(
+    url: str, lr: float, mode: str = "best", epochs: int = 4, fit=fakes.fake_fit
+) -> Objective:
+    spec = parse_spec(
+        fakes.spec_dict(
+            name="s",
+            train={"epochs": epochs},
+            objective={"mode": mode},
+            search_space={"lr": lr, "new_layers": 2},
+        )
+    )
     return Objective(spec, SEARCH, ResultStore(url), fit=fit)
 
 
@@ -65,8 +77,9 @@ def test_prune_stops_the_loop_and_keeps_the_history(sqlite_url: str) -> None:
 
 
 @pytest.mark.parametrize("lr, reason", [(fakes.FAIL_LR, "out of memory"), (fakes.NAN_LR, "finite")])
-def test_failures_become_failed_trials_and_the_worker_goes_on(sqlite_url: str, lr: float,
-                                                             reason: str) -> None:
+def test_failures_become_failed_trials_and_the_worker_goes_on(
+    sqlite_url: str, lr: float, reason: str
+) -> None:
     study = _study(sqlite_url)
     objective = _objective(sqlite_url, lr=lr)
     study.optimize(objective, n_trials=2, catch=(Exception,))  # what a worker does
@@ -77,13 +90,16 @@ def test_failures_become_failed_trials_and_the_worker_goes_on(sqlite_url: str, l
     assert reason in runs[0]["error"]
     if lr == fakes.NAN_LR:  # the epochs that ran are kept, NaN stored as NULL
         assert len(objective.store.epochs(runs[0]["id"])) == 4
-        assert all(e["val_top1"] is None or math.isnan(e["val_top1"])
-                   for e in objective.store.epochs(runs[0]["id"]))
+        assert all(
+            e["val_top1"] is None or math.isnan(e["val_top1"])
+            for e in objective.store.epochs(runs[0]["id"])
+        )
 
 
 def test_a_stopped_worker_fails_its_trial_as_lost(sqlite_url: str) -> None:
     """SIGTERM in a worker raises Stopped inside the training: the trial is told FAIL and marked
     lost (so the queue re-queues it), its row is failed, and Stopped reaches the worker loop."""
+
     def stopped_fit(cfg, reporter):
         raise Stopped("SIGTERM")
 
@@ -98,15 +114,20 @@ def test_a_stopped_worker_fails_its_trial_as_lost(sqlite_url: str) -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_stop_that_a_library_wrapped_is_still_a_stop(sqlite_url: str, sig: signal.Signals) -> None:
+def test_a_stop_that_a_library_wrapped_is_still_a_stop(
+    sqlite_url: str, sig: signal.Signals
+) -> None:
     """A signal can land inside a database call: psycopg cancels the query and SQLAlchemy/Optuna
     raise their own error instead of Stopped. The trial is still failed as lost, and what leaves
     the worker's `stop_on_signals` block is Stopped, not an error."""
+
     def fit_interrupted_mid_commit(cfg, reporter):
         try:
             signal.raise_signal(sig)  # the handler runs here, as it would inside a commit
         except KeyboardInterrupt as e:
-            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit") from e
+            raise optuna.exceptions.StorageInternalError(
+                "An exception is raised during the commit"
+            ) from e
         raise AssertionError("the signal handler did not raise")
 
     study = _study(sqlite_url)

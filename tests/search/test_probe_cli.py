@@ -10,12 +10,12 @@ import pytest
 import yaml
 
 import analysis
-from nbtl_search.store import attrs
 from nbtl_search.cli import main
 from nbtl_search.probe.rule import suggest
+from nbtl_search.run.worker import WorkerOptions, run_worker
+from nbtl_search.store import attrs
 from nbtl_search.study.roles import SEARCH
 from nbtl_search.study.spec import load_spec
-from nbtl_search.run.worker import WorkerOptions, run_worker
 from tests.search import fakes
 
 
@@ -25,9 +25,31 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from trainer.cli import main as train
 
     out = tmp_path_factory.mktemp("source")
-    assert train(["--dataset", "shapes", "--model", "test_resnet", "--img-size", "32", "--epochs", "1",
-                  "-b", "32", "--lr", "0.1", "--limit-train-batches", "6", "--limit-eval-batches", "1",
-                  "--output", str(out)]) == 0
+    assert (
+        train(
+            [
+                "--dataset",
+                "shapes",
+                "--model",
+                "test_resnet",
+                "--img-size",
+                "32",
+                "--epochs",
+                "1",
+                "-b",
+                "32",
+                "--lr",
+                "0.1",
+                "--limit-train-batches",
+                "6",
+                "--limit-eval-batches",
+                "1",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out / "best.pth"
 
 
@@ -44,8 +66,21 @@ def _study(tmp_path: Path, checkpoint: Path | None, **overrides) -> tuple[Path, 
 
 def test_probe_stores_its_scores_and_suggests(checkpoint, tmp_path, capsys) -> None:
     path, url = _study(tmp_path, checkpoint)
-    assert main(["probe", str(path), "--device", "cpu", "--source-dataset", "shapes",
-                 "--max-images", "300"]) == 0
+    assert (
+        main(
+            [
+                "probe",
+                str(path),
+                "--device",
+                "cpu",
+                "--source-dataset",
+                "shapes",
+                "--max-images",
+                "300",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "suggestion: new_layers" in out and "because" in out
     table = analysis.probe(url, "fake")
@@ -61,16 +96,23 @@ def test_probe_stores_its_scores_and_suggests(checkpoint, tmp_path, capsys) -> N
 
 
 def test_the_suggestion_and_the_default_are_the_first_trials(checkpoint, tmp_path, capsys) -> None:
-    space = {"new_layers": {"type": "int", "low": 1, "high": 4},
-             "lr": {"type": "float", "low": 0.01, "high": 0.3, "log": True},
-             "l2sp": {"type": "float", "low": 0.001, "high": 1.0, "log": True, "allow_zero": True}}
-    path, url = _study(tmp_path, checkpoint, search_space=space, probe={"enqueue": True},
-                       budget={"n_trials": 4})
+    space = {
+        "new_layers": {"type": "int", "low": 1, "high": 4},
+        "lr": {"type": "float", "low": 0.01, "high": 0.3, "log": True},
+        "l2sp": {"type": "float", "low": 0.001, "high": 1.0, "log": True, "allow_zero": True},
+    }
+    path, url = _study(
+        tmp_path, checkpoint, search_space=space, probe={"enqueue": True}, budget={"n_trials": 4}
+    )
     assert main(["probe", str(path), "--device", "cpu", "--suggest"]) == 0
     warm = capsys.readouterr().out.split("\n# ", 1)[1]
     assert "probe:\n  enqueue: true" in warm and "name: fake-warm" in warm
-    assert run_worker(load_spec(path), url, SEARCH, WorkerOptions(device="cpu", index=0),
-                      fit=fakes.fake_fit) == 0
+    assert (
+        run_worker(
+            load_spec(path), url, SEARCH, WorkerOptions(device="cpu", index=0), fit=fakes.fake_fit
+        )
+        == 0
+    )
     trials = optuna.load_study(study_name="fake", storage=url).trials
     warm = [t for t in trials if attrs.WARM_START in t.user_attrs]
     assert [t.number for t in warm] == list(range(len(warm)))  # the first trials, in order
@@ -84,9 +126,11 @@ def test_the_suggestion_and_the_default_are_the_first_trials(checkpoint, tmp_pat
 
 
 def test_the_rule_reinitialises_what_fits_worse_than_below_it() -> None:
-    layers = [{"index": 2, "name": "top", "probe_acc": 40.0, "fit": 0.0},
-              {"index": 3, "name": "mid", "probe_acc": 70.0, "fit": 35.0},
-              {"index": 4, "name": "low", "probe_acc": 69.0, "fit": 20.0}]
+    layers = [
+        {"index": 2, "name": "top", "probe_acc": 40.0, "fit": 0.0},
+        {"index": 3, "name": "mid", "probe_acc": 70.0, "fit": 35.0},
+        {"index": 4, "name": "low", "probe_acc": 69.0, "fit": 20.0},
+    ]
     suggestion, reasons = suggest(layers, n_images=1000, base_lr=0.1)
     # layer 3 is the best and layer 2 fits worse: re-initialise layers 1 and 2; fit >= 30: L2-SP 0.1
     assert suggestion["new_layers"] == 2 and suggestion["l2sp_upper"] == 0.1
@@ -96,16 +140,20 @@ def test_the_rule_reinitialises_what_fits_worse_than_below_it() -> None:
     assert suggestion["new_layers"] == 1 and suggestion["l2sp_upper"] == 0.0  # plain fine-tuning
 
 
-@pytest.mark.parametrize("case, needle", [
-    ("no pre-trained weights", "has no pre-trained weights"),
-    ("leep without a source head", "need(s) the checkpoint's source head"),
-    ("fewer images than classes", "more images than classes"),
-    ("unknown score", "unknown score(s) bogus"),
-    ("source dir without dataset", "--source-data-dir needs --source-dataset"),
-    ("a model without a layer partition", "has no layer partition"),
-])
-def test_bad_probe_input_is_one_line_and_writes_nothing(case, needle, checkpoint, tmp_path,
-                                                        capsys) -> None:
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("no pre-trained weights", "has no pre-trained weights"),
+        ("leep without a source head", "need(s) the checkpoint's source head"),
+        ("fewer images than classes", "more images than classes"),
+        ("unknown score", "unknown score(s) bogus"),
+        ("source dir without dataset", "--source-data-dir needs --source-dataset"),
+        ("a model without a layer partition", "has no layer partition"),
+    ],
+)
+def test_bad_probe_input_is_one_line_and_writes_nothing(
+    case, needle, checkpoint, tmp_path, capsys
+) -> None:
     import torch
 
     argv = ["--device", "cpu"]

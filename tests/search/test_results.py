@@ -17,9 +17,17 @@ def _config(**changes) -> dict:
 
 
 def _epoch(store: ResultStore, run_id: int, epoch: int, val_top1: float | None) -> None:
-    store.add_epoch(run_id, epoch=epoch, train_loss=1.0 / (epoch + 1), val_loss=1.5,
-                    val_top1=val_top1, val_top5=0.9, lrs=[0.1, 0.01, 0.001], penalty=0.25,
-                    seconds=2.0)  # fmt: skip
+    store.add_epoch(
+        run_id,
+        epoch=epoch,
+        train_loss=1.0 / (epoch + 1),
+        val_loss=1.5,
+        val_top1=val_top1,
+        val_top5=0.9,
+        lrs=[0.1, 0.01, 0.001],
+        penalty=0.25,
+        seconds=2.0,
+    )
 
 
 @pytest.fixture
@@ -31,8 +39,9 @@ def store(storage_url: str):
 
 def test_round_trip(store: ResultStore) -> None:
     config = _config(lrs=(0.1, 0.01, 0.001), seed=7)
-    run_id = store.start_run(study="s", role="search", config=config, seed=7, device="cpu",
-                             trial_number=3)  # fmt: skip
+    run_id = store.start_run(
+        study="s", role="search", config=config, seed=7, device="cpu", trial_number=3
+    )
     (row,) = store.runs()
     assert (row["id"], row["state"], row["trial_number"]) == (run_id, "running", 3)
     assert (row["dataset"], row["model"], row["seed"]) == ("digits", "test_resnet", 7)
@@ -43,13 +52,26 @@ def test_round_trip(store: ResultStore) -> None:
 
     _epoch(store, run_id, 0, 0.5)
     _epoch(store, run_id, 1, 0.75)
-    store.finish_run(run_id, state="complete", val_top1=0.75, best_epoch=1, epochs_run=2,
-                     test_top1=0.7, test_top5=0.95, wall_s=4.0, images_per_s=100.0)  # fmt: skip
+    store.finish_run(
+        run_id,
+        state="complete",
+        val_top1=0.75,
+        best_epoch=1,
+        epochs_run=2,
+        test_top1=0.7,
+        test_top5=0.95,
+        wall_s=4.0,
+        images_per_s=100.0,
+    )
     (row,) = store.runs()
     assert row["state"] == "complete" and row["finished_at"] >= row["started_at"]
     assert (row["val_top1"], row["best_epoch"], row["epochs_run"]) == (0.75, 1, 2)
     assert (row["test_top1"], row["test_top5"], row["wall_s"], row["images_per_s"]) == (
-        0.7, 0.95, 4.0, 100.0)  # fmt: skip
+        0.7,
+        0.95,
+        4.0,
+        100.0,
+    )
     epochs = store.epochs(run_id)
     assert [e["epoch"] for e in epochs] == [0, 1]
     assert epochs[1]["val_top1"] == 0.75 and epochs[1]["lrs"] == [0.1, 0.01, 0.001]
@@ -81,15 +103,25 @@ def test_lost_run_is_failed_once_and_finished_runs_stay(store: ResultStore) -> N
     assert store.mark_lost(done, "worker lost") is False  # finished: not this worker's loss
     rows = {r["id"]: r for r in store.runs()}
     assert (rows[lost]["state"], rows[lost]["error"], rows[lost]["epochs_run"]) == (
-        "failed", "worker lost", 1)  # fmt: skip
+        "failed",
+        "worker lost",
+        1,
+    )
     assert rows[lost]["finished_at"] is not None
     assert (rows[done]["state"], rows[done]["error"]) == ("pruned", None)
 
 
 def test_final_run_links_its_source(store: ResultStore) -> None:
     source = store.start_run(study="s", role="default", config=_config(), seed=1, device="cpu")
-    final = store.start_run(study="s", role="final", config=_config(train_split="trainval"),
-                            seed=2, device="cuda:0", source_run_id=source, final_of="default")
+    final = store.start_run(
+        study="s",
+        role="final",
+        config=_config(train_split="trainval"),
+        seed=2,
+        device="cuda:0",
+        source_run_id=source,
+        final_of="default",
+    )
     store.finish_run(final, state="complete", test_top1=0.8, predictions_path="/r/probs.npy")
     row = store.runs(role="final")[0]
     assert (row["source_run_id"], row["final_of"], row["device"]) == (source, "default", "cuda:0")
@@ -100,8 +132,9 @@ def test_bad_values_are_refused(store: ResultStore) -> None:
     with pytest.raises(ValueError, match="'tuning'"):
         store.start_run(study="s", role="tuning", config=_config(), seed=1, device="cpu")
     with pytest.raises(ValueError, match="'best'"):
-        store.start_run(study="s", role="final", config=_config(), seed=1, device="cpu",
-                        final_of="best")  # fmt: skip
+        store.start_run(
+            study="s", role="final", config=_config(), seed=1, device="cpu", final_of="best"
+        )
     run_id = store.start_run(study="s", role="search", config=_config(), seed=1, device="cpu")
     for state in ("running", "done"):
         with pytest.raises(ValueError, match=repr(state)):
@@ -125,8 +158,17 @@ def test_epoch_reported_again_replaces_it_and_nan_is_null(store: ResultStore) ->
     run_id = store.start_run(study="s", role="search", config=_config(), seed=1, device="cpu")
     _epoch(store, run_id, 0, 0.1)
     _epoch(store, run_id, 0, 0.3)  # a resumed run re-reports its last epoch
-    store.add_epoch(run_id, epoch=1, train_loss=float("nan"), val_loss=None, val_top1=None,
-                    val_top5=None, lrs=(0.1,), penalty=0.0, seconds=1.0)  # fmt: skip
+    store.add_epoch(
+        run_id,
+        epoch=1,
+        train_loss=float("nan"),
+        val_loss=None,
+        val_top1=None,
+        val_top5=None,
+        lrs=(0.1,),
+        penalty=0.0,
+        seconds=1.0,
+    )
     epochs = store.epochs(run_id)
     assert [(e["epoch"], e["val_top1"]) for e in epochs] == [(0, 0.3), (1, None)]
     assert epochs[1]["train_loss"] is None and epochs[1]["lrs"] == [0.1]
@@ -136,8 +178,15 @@ def test_config_hash_ignores_how_a_run_executes() -> None:
     base = config_hash(_config())
     assert base == config_hash(_config(seed=3, device="cuda:1", output="/tmp/x", workers=4))
     assert base == config_hash(_config(eval_test=True, limit_train_batches=2))
-    assert base == config_hash(_config(image_cache=False, channels_last=True, data_dir="/elsewhere",
-                                       train_split="trainval", save_test_predictions=True))
+    assert base == config_hash(
+        _config(
+            image_cache=False,
+            channels_last=True,
+            data_dir="/elsewhere",
+            train_split="trainval",
+            save_test_predictions=True,
+        )
+    )
     assert base != config_hash(_config(lrs=(0.01, 0.001, 0.0001)))
     assert base != config_hash(_config(new_layers=2))
     assert len(base) == 16 and int(base, 16) >= 0
@@ -151,14 +200,45 @@ def test_schema_is_the_documented_contract(store: ResultStore, storage_url: str)
         inspector = sa.inspect(engine)
         runs = [c["name"] for c in inspector.get_columns("nbtl_runs")]
         assert runs == [
-            "id", "study", "role", "trial_number", "dataset", "model", "config", "config_hash",
-            "seed", "state", "val_top1", "best_epoch", "epochs_run", "test_top1", "test_top5",
-            "wall_s", "images_per_s", "device", "host", "error", "started_at", "finished_at",
-            "source_run_id", "final_of", "predictions_path",
-        ]  # fmt: skip
+            "id",
+            "study",
+            "role",
+            "trial_number",
+            "dataset",
+            "model",
+            "config",
+            "config_hash",
+            "seed",
+            "state",
+            "val_top1",
+            "best_epoch",
+            "epochs_run",
+            "test_top1",
+            "test_top5",
+            "wall_s",
+            "images_per_s",
+            "device",
+            "host",
+            "error",
+            "started_at",
+            "finished_at",
+            "source_run_id",
+            "final_of",
+            "predictions_path",
+        ]
         epochs = [c["name"] for c in inspector.get_columns("nbtl_epochs")]
-        assert epochs == ["id", "run_id", "epoch", "train_loss", "val_loss", "val_top1",
-                          "val_top5", "lrs", "penalty", "seconds"]  # fmt: skip
+        assert epochs == [
+            "id",
+            "run_id",
+            "epoch",
+            "train_loss",
+            "val_loss",
+            "val_top1",
+            "val_top5",
+            "lrs",
+            "penalty",
+            "seconds",
+        ]
         indexed = {tuple(i["column_names"]) for i in inspector.get_indexes("nbtl_runs")}
         assert ("study", "role") in indexed
         epoch_indexes = inspector.get_indexes("nbtl_epochs")
@@ -167,10 +247,24 @@ def test_schema_is_the_documented_contract(store: ResultStore, storage_url: str)
         assert ["run_id", "epoch"] in [u["column_names"] for u in unique]
         fks = inspector.get_foreign_keys("nbtl_epochs")
         assert [(f["referred_table"], f["constrained_columns"]) for f in fks] == [
-            ("nbtl_runs", ["run_id"])]  # fmt: skip
+            ("nbtl_runs", ["run_id"])
+        ]
         ladder = [c["name"] for c in inspector.get_columns("nbtl_ladder")]
-        assert ladder == ["id", "study", "position", "rung", "adds", "config", "config_hash",
-                          "source_run_id", "val_top1", "val_mean", "val_n", "notes", "created_at"]
+        assert ladder == [
+            "id",
+            "study",
+            "position",
+            "rung",
+            "adds",
+            "config",
+            "config_hash",
+            "source_run_id",
+            "val_top1",
+            "val_mean",
+            "val_n",
+            "notes",
+            "created_at",
+        ]
         predictions = [c["name"] for c in inspector.get_columns("nbtl_predictions")]
         assert predictions == ["run_id", "n_images", "n_classes", "npz"]
     finally:
@@ -182,8 +276,9 @@ def test_predictions_and_ladder_round_trip(store: ResultStore) -> None:
 
     import analysis
 
-    run_id = store.start_run(study="s", role="final", config=_config(), seed=0, device="cpu",
-                             final_of="search")
+    run_id = store.start_run(
+        study="s", role="final", config=_config(), seed=0, device="cpu", final_of="search"
+    )
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(5), size=30).astype(np.float32)
     labels = rng.integers(0, 5, 30)
@@ -194,9 +289,18 @@ def test_predictions_and_ladder_round_trip(store: ResultStore) -> None:
     assert np.abs(back - probs).max() < 1e-3  # stored as float16: 3 significant digits
     assert np.array_equal(back.argmax(1), probs.argmax(1))
 
-    rungs = [{"rung": "default", "config": _config(), "source_run_id": run_id, "val_top1": 70.0,
-              "val_mean": 69.0, "val_n": 3, "notes": ["lr 0.3 is the largest value tried"]},
-             {"rung": "optimal", "adds": "new_layers 1 -> 3", "config": _config(new_layers=3)}]
+    rungs = [
+        {
+            "rung": "default",
+            "config": _config(),
+            "source_run_id": run_id,
+            "val_top1": 70.0,
+            "val_mean": 69.0,
+            "val_n": 3,
+            "notes": ["lr 0.3 is the largest value tried"],
+        },
+        {"rung": "optimal", "adds": "new_layers 1 -> 3", "config": _config(new_layers=3)},
+    ]
     store.replace_ladder("s", rungs)
     store.replace_ladder("s", rungs)  # replaces the study's ladder
     got = store.ladder("s")
@@ -209,8 +313,14 @@ def _write_runs(url: str, barrier, worker: int) -> None:
     barrier.wait(timeout=60)  # all open the fresh database at once: the table-creation race too
     store = ResultStore(url)
     for i in range(5):
-        run_id = store.start_run(study="conc", role="search", config=_config(seed=i), seed=i,
-                                 device="cpu", trial_number=worker * 100 + i)  # fmt: skip
+        run_id = store.start_run(
+            study="conc",
+            role="search",
+            config=_config(seed=i),
+            seed=i,
+            device="cpu",
+            trial_number=worker * 100 + i,
+        )
         for epoch in range(3):
             _epoch(store, run_id, epoch, 0.1 * epoch)
         store.finish_run(run_id, state="complete")

@@ -9,8 +9,8 @@ import optuna
 import pytest
 import sqlalchemy as sa
 
-from nbtl_search.store.results import ResultStore, ensure_schema
 from nbtl_search.store.connection import StorageError, engine_kwargs, masked, open_rdb
+from nbtl_search.store.results import ResultStore, ensure_schema
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -106,16 +106,20 @@ def test_workers_opening_a_fresh_database_together_all_start(storage_url: str) -
 
 def test_read_only_opening_creates_nothing(tmp_path, storage_url: str) -> None:
     missing = f"sqlite:///{tmp_path / 'nope.db'}"
-    for opener in (lambda u: open_rdb(u, heartbeat=False, create=False),
-                   lambda u: ResultStore(u, create=False)):
+    for opener in (
+        lambda u: open_rdb(u, heartbeat=False, create=False),
+        lambda u: ResultStore(u, create=False),
+    ):
         with pytest.raises(StorageError, match="no database at"):
             opener(missing)
         assert not (tmp_path / "nope.db").exists()
     engine = sa.create_engine(storage_url)
     try:
         engine.connect().close()  # an empty database (SQLite: an empty file)
-        for opener in (lambda u: open_rdb(u, heartbeat=False, create=False),
-                       lambda u: ResultStore(u, create=False)):
+        for opener in (
+            lambda u: open_rdb(u, heartbeat=False, create=False),
+            lambda u: ResultStore(u, create=False),
+        ):
             with pytest.raises(StorageError, match="no nbtl-search study in"):
                 opener(storage_url)
         assert sa.inspect(engine).get_table_names() == []  # still empty afterwards
@@ -124,7 +128,9 @@ def test_read_only_opening_creates_nothing(tmp_path, storage_url: str) -> None:
 
 
 def test_masked_hides_the_password() -> None:
-    assert masked("postgresql+psycopg://user:s3cret@db:5432/x") == \
-        "postgresql+psycopg://user:***@db:5432/x"
+    assert (
+        masked("postgresql+psycopg://user:s3cret@db:5432/x")
+        == "postgresql+psycopg://user:***@db:5432/x"
+    )
     assert "s3cret" not in masked("postgresql://user:s3cret@db/x?sslmode=require")
     assert masked("sqlite:///nbtl.db") == "sqlite:///nbtl.db"

@@ -39,9 +39,28 @@ def source_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        rc = main(["--dataset", "shapes", "--model", MODEL, "--img-size", str(IMG), "--epochs", "1",
-                   "-b", "32", "--lr", "0.1", "--limit-train-batches", "6", "--limit-eval-batches", "1",
-                   "--output", str(out)])
+        rc = main(
+            [
+                "--dataset",
+                "shapes",
+                "--model",
+                MODEL,
+                "--img-size",
+                str(IMG),
+                "--epochs",
+                "1",
+                "-b",
+                "32",
+                "--lr",
+                "0.1",
+                "--limit-train-batches",
+                "6",
+                "--limit-eval-batches",
+                "1",
+                "--output",
+                str(out),
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
     assert rc == 0
@@ -51,8 +70,14 @@ def source_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def target_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A miniature imagefolder tree: 3 classes, 6 train / 2 val / 2 test images each, 32 px."""
-    return make_imagefolder(tmp_path_factory.mktemp("trees"), classes=3, per_class=6, with_val=True,
-                            val_per_class=2, test_per_class=2)
+    return make_imagefolder(
+        tmp_path_factory.mktemp("trees"),
+        classes=3,
+        per_class=6,
+        with_val=True,
+        val_per_class=2,
+        test_per_class=2,
+    )
 
 
 @pytest.fixture
@@ -60,6 +85,15 @@ def target_cfg(target_dir: Path, source_ckpt: Path):
     """A TrainConfig for a short transfer run onto `target_dir`; override fields with `.replace()`."""
     from trainer import TrainConfig
 
-    return TrainConfig(dataset="imagefolder", data_dir=str(target_dir), model=MODEL, img_size=IMG,
-                       pretrained_file=str(source_ckpt), epochs=2, batch_size=8, lrs=(0.05,),
-                       decay_epochs=1, decay_rate=0.5)
+    return TrainConfig(
+        dataset="imagefolder",
+        data_dir=str(target_dir),
+        model=MODEL,
+        img_size=IMG,
+        pretrained_file=str(source_ckpt),
+        epochs=2,
+        batch_size=8,
+        lrs=(0.05,),
+        decay_epochs=1,
+        decay_rate=0.5,
+    )

@@ -25,8 +25,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 def run_cli(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "trainer", *args], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "trainer", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=timeout,
+    )
 
 
 def one_error_line(stderr: str) -> str:
@@ -38,8 +44,20 @@ def one_error_line(stderr: str) -> str:
 
 
 def target_args(target_dir: Path, source_ckpt: Path) -> list[str]:
-    return ["--dataset", "imagefolder", "--data_dir", str(target_dir), "--model", MODEL,
-            "--img-size", str(IMG), "--pretrained-file", str(source_ckpt), "-b", "8"]
+    return [
+        "--dataset",
+        "imagefolder",
+        "--data_dir",
+        str(target_dir),
+        "--model",
+        MODEL,
+        "--img-size",
+        str(IMG),
+        "--pretrained-file",
+        str(source_ckpt),
+        "-b",
+        "8",
+    ]
 
 
 def test_cli_run_writes_a_consistent_summary(source_ckpt, tmp_path):
@@ -47,8 +65,24 @@ def test_cli_run_writes_a_consistent_summary(source_ckpt, tmp_path):
     # sitting at 100%, so "best epoch" is a real choice
     data = make_imagefolder(tmp_path, classes=6, per_class=6, with_val=True, val_per_class=3)
     out = tmp_path / "out"
-    proc = run_cli([*target_args(data, source_ckpt), "--epochs", "4", "--lr", "0.02", "--new-layers", "3",
-                    "--limit-train-batches", "1", "--sched", "none", "--test", "--output", str(out)])
+    proc = run_cli(
+        [
+            *target_args(data, source_ckpt),
+            "--epochs",
+            "4",
+            "--lr",
+            "0.02",
+            "--new-layers",
+            "3",
+            "--limit-train-batches",
+            "1",
+            "--sched",
+            "none",
+            "--test",
+            "--output",
+            str(out),
+        ]
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -59,7 +93,13 @@ def test_cli_run_writes_a_consistent_summary(source_ckpt, tmp_path):
 
     summary = json.loads((out / "summary.json").read_text())
     cfg = TrainConfig.from_dict(summary["config"])  # the resolved config round-trips
-    assert (cfg.model, cfg.lrs, cfg.epochs, cfg.new_layers, cfg.eval_test) == (MODEL, (0.02,), 4, 3, True)
+    assert (cfg.model, cfg.lrs, cfg.epochs, cfg.new_layers, cfg.eval_test) == (
+        MODEL,
+        (0.02,),
+        4,
+        3,
+        True,
+    )
     assert cfg.pretrained_file == str(source_ckpt)
     assert cfg.num_low == TrainConfig().num_low  # unset flags resolve to TrainConfig's defaults
 
@@ -79,20 +119,41 @@ def test_cli_run_writes_a_consistent_summary(source_ckpt, tmp_path):
 
 
 def test_import_trainer_pulls_in_neither_optuna_nor_nbtl_search():
-    code = ("import sys, trainer; from trainer import TrainConfig; TrainConfig();"
-            "print('torch' in sys.modules);"
-            "from trainer import fit; import trainer.cli;"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('optuna', 'nbtl_search')))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    code = (
+        "import sys, trainer; from trainer import TrainConfig; TrainConfig();"
+        "print('torch' in sys.modules);"
+        "from trainer import fit; import trainer.cli;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('optuna', 'nbtl_search')))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     # the config alone does not load torch (workers build configs cheaply); the loop neither optuna
     assert proc.stdout.split() == ["False", "[]"]
 
 
 def test_pretrained_from_the_hub_offline_fails_with_one_line(target_dir):
-    proc = run_cli(["--dataset", "imagefolder", "--data_dir", str(target_dir), "--model", MODEL,
-                    "--img-size", str(IMG), "--pretrained", "--epochs", "1"])
+    proc = run_cli(
+        [
+            "--dataset",
+            "imagefolder",
+            "--data_dir",
+            str(target_dir),
+            "--model",
+            MODEL,
+            "--img-size",
+            str(IMG),
+            "--pretrained",
+            "--epochs",
+            "1",
+        ]
+    )
     assert proc.returncode == 2
     line = one_error_line(proc.stderr)
     assert "HF_HUB_OFFLINE" in line and "pretrained_file" in line
@@ -100,7 +161,9 @@ def test_pretrained_from_the_hub_offline_fails_with_one_line(target_dir):
 
 
 def test_unknown_model_exits_2_from_a_shell(target_dir):
-    proc = run_cli(["--dataset", "imagefolder", "--data_dir", str(target_dir), "--model", "no_such_net"])
+    proc = run_cli(
+        ["--dataset", "imagefolder", "--data_dir", str(target_dir), "--model", "no_such_net"]
+    )
     assert proc.returncode == 2
     assert "no_such_net" in one_error_line(proc.stderr)
 
@@ -116,10 +179,14 @@ def bad_files(tmp_path_factory) -> dict[str, Path]:
     torch.save(timm.create_model("resnet10t", num_classes=3).state_dict(), other)
     notckpt = root / "notes.pth"
     notckpt.write_text("not a checkpoint\n")
-    return {"no_test": make_imagefolder(root, classes=2, per_class=2, with_test=False, name="notest"),
-            # one image per class: nothing left to carve a val split from
-            "no_val": make_imagefolder(root, classes=2, per_class=1, name="noval"),
-            "other": other, "notckpt": notckpt, "missing": root / "nowhere"}
+    return {
+        "no_test": make_imagefolder(root, classes=2, per_class=2, with_test=False, name="notest"),
+        # one image per class: nothing left to carve a val split from
+        "no_val": make_imagefolder(root, classes=2, per_class=1, name="noval"),
+        "other": other,
+        "notckpt": notckpt,
+        "missing": root / "nowhere",
+    }
 
 
 BAD = {  # name: (flags replacing/added to a good command line, text the error line must contain)
@@ -127,10 +194,19 @@ BAD = {  # name: (flags replacing/added to a good command line, text the error l
     "unknown dataset": (["--dataset", "cifar7"], "unknown dataset 'cifar7'"),
     "missing data dir": (["--data_dir", "{missing}"], "not found: {missing}"),
     "tree without test/": (["--data_dir", "{no_test}"], "{no_test}/test"),
-    "empty val split": (["--data_dir", "{no_val}"], "the val split of dataset 'imagefolder' in {no_val}"),
+    "empty val split": (
+        ["--data_dir", "{no_val}"],
+        "the val split of dataset 'imagefolder' in {no_val}",
+    ),
     "new layers 0": (["--new-layers", "0"], "new_layers must be >= 1"),
-    "new layers > layer count": (["--new-layers", "7"], "between 1 and 6 (the model's layer count), got 7"),
-    "num-lowlrs too large": (["--new-layers", "2", "--num-lowlrs", "5"], "num_low must be between 0 and 4"),
+    "new layers > layer count": (
+        ["--new-layers", "7"],
+        "between 1 and 6 (the model's layer count), got 7",
+    ),
+    "num-lowlrs too large": (
+        ["--new-layers", "2", "--num-lowlrs", "5"],
+        "num_low must be between 0 and 4",
+    ),
     "num-lowlrs negative": (["--num-lowlrs", "-1"], "num_low must be >= 0"),
     "2 lrs": (["--lr", "0.1", "0.01"], "lrs takes 1 or 3 values (new, upper, lower), got 2"),
     "4 lrs": (["--lr", "0.1", "0.1", "0.1", "0.1"], "got 4"),
@@ -138,13 +214,24 @@ BAD = {  # name: (flags replacing/added to a good command line, text the error l
     "negative L2SP rate": (["--L2SP_rates", "0.1", "-0.1", "0.1"], "l2sp_rates must be >= 0"),
     "2 L2 rates": (["--l2-rates", "0.1", "0.1"], "l2_rates takes 1 or 3 values"),
     "--L2SP without rates": (["--L2SP"], "--L2SP needs --L2SP_rates"),
-    "missing pretrained file": (["--pretrained-file", "{missing}"], "pretrained_file not found: {missing}"),
-    "another model's checkpoint": (["--pretrained-file", "{other}"], "does not fit model 'test_resnet'"),
-    "not a checkpoint": (["--pretrained-file", "{notckpt}"], "is not a readable state_dict checkpoint"),
+    "missing pretrained file": (
+        ["--pretrained-file", "{missing}"],
+        "pretrained_file not found: {missing}",
+    ),
+    "another model's checkpoint": (
+        ["--pretrained-file", "{other}"],
+        "does not fit model 'test_resnet'",
+    ),
+    "not a checkpoint": (
+        ["--pretrained-file", "{notckpt}"],
+        "is not a readable state_dict checkpoint",
+    ),
     "hub and file both": (["--pretrained"], "either pretrained"),
     "resume file missing": (["--resume", "{missing}"], "resume checkpoint not found"),
-    "test predictions without --test": (["--save-test-predictions", "--output", "{missing}"],
-                                        "save_test_predictions needs eval_test"),
+    "test predictions without --test": (
+        ["--save-test-predictions", "--output", "{missing}"],
+        "save_test_predictions needs eval_test",
+    ),
 }
 
 
@@ -152,7 +239,9 @@ BAD = {  # name: (flags replacing/added to a good command line, text the error l
 def test_bad_input_exits_2_with_one_line(case, target_dir, source_ckpt, bad_files, capsys):
     flags, expected = BAD[case]
     fill = {k: str(v) for k, v in bad_files.items()}
-    argv = target_args(target_dir, source_ckpt) + ["--epochs", "1"] + [f.format(**fill) for f in flags]
+    argv = (
+        target_args(target_dir, source_ckpt) + ["--epochs", "1"] + [f.format(**fill) for f in flags]
+    )
     assert main(argv) == 2
     captured = capsys.readouterr()
     assert expected.format(**fill) in one_error_line(captured.err)
@@ -161,15 +250,30 @@ def test_bad_input_exits_2_with_one_line(case, target_dir, source_ckpt, bad_file
 
 
 def test_diverging_run_exits_1_with_one_line(target_dir, source_ckpt, capsys):
-    assert main(target_args(target_dir, source_ckpt) + ["--lr", "1e6", "--epochs", "2",
-                                                        "--limit-eval-batches", "1"]) == 1
+    assert (
+        main(
+            target_args(target_dir, source_ckpt)
+            + ["--lr", "1e6", "--epochs", "2", "--limit-eval-batches", "1"]
+        )
+        == 1
+    )
     line = one_error_line(capsys.readouterr().err)
     assert line.startswith("error: training failed: TrainingDiverged")
 
 
-def test_seed_augmentation_string_and_random_erasing_train_an_epoch(target_dir, source_ckpt, capsys):
-    argv = target_args(target_dir, source_ckpt) + ["--epochs", "1", "--aa", "rand-m9-mstd0.5-inc1",
-                                                   "--reprob", "0.25", "--remode", "pixel"]
+def test_seed_augmentation_string_and_random_erasing_train_an_epoch(
+    target_dir, source_ckpt, capsys
+):
+    argv = target_args(target_dir, source_ckpt) + [
+        "--epochs",
+        "1",
+        "--aa",
+        "rand-m9-mstd0.5-inc1",
+        "--reprob",
+        "0.25",
+        "--remode",
+        "pixel",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert len([line for line in out.splitlines() if line.startswith("epoch ")]) == 1
@@ -178,7 +282,26 @@ def test_seed_augmentation_string_and_random_erasing_train_an_epoch(target_dir, 
 def test_paper_flags_and_per_part_l2_parse_into_the_config():
     from trainer.cli import parse_config
 
-    cfg = parse_config(["--lr", "0.1", "0.01", "0.001", "--L2SP", "--L2SP_rates", "0", "0", "0.1",
-                        "--l2-rates", "0", "0.01", "0", "--new-layers", "3", "--num-lowlrs", "2"])
+    cfg = parse_config(
+        [
+            "--lr",
+            "0.1",
+            "0.01",
+            "0.001",
+            "--L2SP",
+            "--L2SP_rates",
+            "0",
+            "0",
+            "0.1",
+            "--l2-rates",
+            "0",
+            "0.01",
+            "0",
+            "--new-layers",
+            "3",
+            "--num-lowlrs",
+            "2",
+        ]
+    )
     assert cfg.part_lrs() == (0.1, 0.01, 0.001) and cfg.part_l2sp() == (0.0, 0.0, 0.1)
     assert cfg.part_l2() == (0.0, 0.01, 0.0) and (cfg.new_layers, cfg.num_low) == (3, 2)

@@ -89,7 +89,8 @@ def test_caltech256_30_takes_30_then_20_like_the_paper_and_drops_clutter(tmp_pat
     assert with_clutter.classes == ("ak47", "american-flag", "clutter")
     assert not any("clutter" in p for split in (s.train, s.val, s.test) for p in split.paths)
     assert paths(s.train) | paths(s.val) | paths(s.test) == {
-        str(p) for p in (root / "256_ObjectCategories").glob("0*/*.jpg")}
+        str(p) for p in (root / "256_ObjectCategories").glob("0*/*.jpg")
+    }
     check_items(s)
 
 
@@ -99,11 +100,14 @@ def test_caltech256_30_split_is_fixed_and_ignores_cfg_seed(tmp_path):
     a = build_splits(cfg("caltech256_30", root, seed=1, extra=knobs))
     b = build_splits(cfg("caltech256_30", root, seed=2, extra=knobs))
     assert sizes(a) == (10, 6, 8)
-    assert a.train.paths == b.train.paths and a.val.paths == b.val.paths and a.test.paths == b.test.paths
+    assert (
+        a.train.paths == b.train.paths
+        and a.val.paths == b.val.paths
+        and a.test.paths == b.test.paths
+    )
     # a tiny tree: train fills first, then val takes what is left
     tiny = build_splits(cfg("caltech256_30", root, extra={"train_per_class": 10}))
     assert sizes(tiny) == (20, 4, 0)
-
 
 
 def test_stanford_cars_reads_mat_files(tmp_path):
@@ -163,8 +167,9 @@ def test_dtd_missing_list_is_named(tmp_path):
         build_splits(cfg("dtd", root))
 
 
-@pytest.mark.parametrize("name", ["imagefolder", "imagenet", "caltech256_30", "stanford_cars",
-                                  "fgvc_aircraft", "dtd"])
+@pytest.mark.parametrize(
+    "name", ["imagefolder", "imagenet", "caltech256_30", "stanford_cars", "fgvc_aircraft", "dtd"]
+)
 def test_data_dir_missing_or_absent(tmp_path, name):
     with pytest.raises(InputError, match="needs data_dir"):
         build_splits(cfg(name, None))
@@ -186,6 +191,7 @@ def test_bad_extra_value_is_named(tmp_path):
 
 
 # --- generated sets ------------------------------------------------------------------------------
+
 
 def pixels(dataset) -> np.ndarray:
     return np.stack([np.asarray(dataset[i][0]) for i in range(len(dataset))])

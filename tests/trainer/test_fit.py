@@ -43,8 +43,11 @@ def test_build_run_reinitialises_exactly_the_top_layers(target_cfg, source_ckpt,
     assert len(layers) == 6
     for layer in layers:
         # the layer's parameters plus the buffers (BatchNorm statistics) of the modules owning them
-        keys = [k for k in state if k in layer.param_names
-                or any(k.startswith(m + ".") for m in layer.module_names if m)]
+        keys = [
+            k
+            for k in state
+            if k in layer.param_names or any(k.startswith(m + ".") for m in layer.module_names if m)
+        ]
         assert keys, layer.name
         if layer.index == 1:  # the classifier: re-shaped from the source's 10 classes to 3
             assert state["fc.weight"].shape == (3, source["fc.weight"].shape[1])
@@ -59,8 +62,10 @@ def test_build_run_reinitialises_exactly_the_top_layers(target_cfg, source_ckpt,
 
 def test_reporter_stop_ends_the_run_at_that_epoch(target_cfg, tmp_path):
     reporter = StopAt(2)
-    result = fit(target_cfg.replace(epochs=5, limit_train_batches=1, eval_test=True,
-                                    output=str(tmp_path)), reporter)
+    result = fit(
+        target_cfg.replace(epochs=5, limit_train_batches=1, eval_test=True, output=str(tmp_path)),
+        reporter,
+    )
     assert reporter.calls == [1, 2]
     assert [m.epoch for m in result.history] == [1, 2]
     assert result.stop_reason is StopReason.REPORTER
@@ -75,7 +80,9 @@ def test_resume_reproduces_the_uninterrupted_run(target_cfg, tmp_path):
 
     first = fit(cfg.replace(output=str(tmp_path / "part")), StopAt(2))
     assert len(first.history) == 2
-    resumed = fit(cfg.replace(output=str(tmp_path / "part"), resume=str(tmp_path / "part" / "last.pth")))
+    resumed = fit(
+        cfg.replace(output=str(tmp_path / "part"), resume=str(tmp_path / "part" / "last.pth"))
+    )
 
     assert resumed.stop_reason is StopReason.COMPLETED
     assert [m.train_loss for m in resumed.history] == [m.train_loss for m in full.history]
@@ -91,8 +98,17 @@ def test_resume_reproduces_the_uninterrupted_run(target_cfg, tmp_path):
 
 def test_part_lrs_follow_the_step_schedule(target_cfg):
     lrs = (0.3, 0.1, 0.01)  # new, upper, lower
-    cfg = target_cfg.replace(lrs=lrs, new_layers=2, num_low=2, sched="step", decay_epochs=2,
-                             decay_rate=0.1, epochs=3, limit_train_batches=1, limit_eval_batches=1)
+    cfg = target_cfg.replace(
+        lrs=lrs,
+        new_layers=2,
+        num_low=2,
+        sched="step",
+        decay_epochs=2,
+        decay_rate=0.1,
+        epochs=3,
+        limit_train_batches=1,
+        limit_eval_batches=1,
+    )
     # in the optimiser itself: every group follows its own part's lr
     run = build_run(cfg)
     assert {g["part"] for g in run.optimizer.param_groups} == {"new", "upper", "lower"}

@@ -38,19 +38,31 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def eval_transform(img_size: int, interpolation: str, crop_pct: float):
     """The trainer's eval transform for a model with this data config (timm's crop_mode "center")."""
-    data_config = {"input_size": (3, img_size, img_size), "interpolation": interpolation,
-                   "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "crop_pct": crop_pct,
-                   "crop_mode": "center"}
+    data_config = {
+        "input_size": (3, img_size, img_size),
+        "interpolation": interpolation,
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.5, 0.5, 0.5),
+        "crop_pct": crop_pct,
+        "crop_mode": "center",
+    }
     return build_transform(TrainConfig(img_size=img_size), data_config, training=False)
 
 
 def jpeg_files(folder: Path, short: int) -> ImageFiles:
     """JPEGs around the cache's shorter side `short`: larger ones (landscape, portrait, very wide),
     one with exactly `short` and one smaller (both stored as decoded)."""
-    sizes = [(2 * short, 3 * short // 2), (4 * short // 3, 2 * short), (3 * short, short + 1),
-             (short, short + 9), (short - 5, short - 5)]
-    samples = [(str(write_image(folder / f"{i}.jpg", i % 3, 3, size, seed=i)), i % 3)
-               for i, size in enumerate(sizes)]
+    sizes = [
+        (2 * short, 3 * short // 2),
+        (4 * short // 3, 2 * short),
+        (3 * short, short + 1),
+        (short, short + 9),
+        (short - 5, short - 5),
+    ]
+    samples = [
+        (str(write_image(folder / f"{i}.jpg", i % 3, 3, size, seed=i)), i % 3)
+        for i, size in enumerate(sizes)
+    ]
     return ImageFiles(samples)
 
 
@@ -65,9 +77,16 @@ def image_size(path: Path) -> tuple[int, int]:
         return im.size
 
 
-@pytest.mark.parametrize("interpolation, crop_pct, img_size", [("bilinear", 0.95, 32),   # test_resnet
-                                                               ("bicubic", 0.875, 64)])  # inception_v4
-def test_eval_transform_gives_the_same_tensors_as_the_files(tmp_path, interpolation, crop_pct, img_size):
+@pytest.mark.parametrize(
+    "interpolation, crop_pct, img_size",
+    [
+        ("bilinear", 0.95, 32),  # test_resnet
+        ("bicubic", 0.875, 64),
+    ],
+)  # inception_v4
+def test_eval_transform_gives_the_same_tensors_as_the_files(
+    tmp_path, interpolation, crop_pct, img_size
+):
     tf = eval_transform(img_size, interpolation, crop_pct)
     resize = shrink_op(tf)
     short = int(img_size / crop_pct)
@@ -128,7 +147,9 @@ def test_a_torn_cache_file_is_rebuilt_and_stale_temp_files_removed(tmp_path):
     files = jpeg_files(tmp_path / "jpg", resize.size)
     first = cached_images(files, "t-train", resize)
     data = first.path.read_bytes()
-    first.path.write_bytes(data[:-100])  # e.g. a copy cut short: the header no longer matches the size
+    first.path.write_bytes(
+        data[:-100]
+    )  # e.g. a copy cut short: the header no longer matches the size
     (first.path.parent / ".tmp-left-by-a-killed-builder").write_bytes(b"x" * 10)
     again = cached_images(files, "t-train", resize)
     assert again.built
@@ -136,8 +157,9 @@ def test_a_torn_cache_file_is_rebuilt_and_stale_temp_files_removed(tmp_path):
     assert sorted(p.name for p in again.path.parent.iterdir()) == [DATA_FILE, LOCK_FILE]
 
 
-def _builder(role: str, samples: list, resize, cache_root: str, first_locked, second_waiting,
-             results) -> None:
+def _builder(
+    role: str, samples: list, resize, cache_root: str, first_locked, second_waiting, results
+) -> None:
     """One of two processes that both find no cache and both go on to build it.
 
     The first takes the build lock and holds it until the second has found no cache and is about to
@@ -171,9 +193,13 @@ def test_two_processes_building_at_once_end_with_one_valid_cache(tmp_path, cache
     samples = list(zip(files.paths, files.labels))
     ctx = mp.get_context("spawn")
     first_locked, second_waiting, results = ctx.Event(), ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_builder, args=(role, samples, resize, str(cache_dir), first_locked,
-                                                second_waiting, results))
-             for role in ("first", "second")]
+    procs = [
+        ctx.Process(
+            target=_builder,
+            args=(role, samples, resize, str(cache_dir), first_locked, second_waiting, results),
+        )
+        for role in ("first", "second")
+    ]
     for p in procs:
         p.start()
     try:
@@ -187,7 +213,9 @@ def test_two_processes_building_at_once_end_with_one_valid_cache(tmp_path, cache
         for p in procs:
             p.join(WAIT_S)
     assert [p.exitcode for p in procs] == [0, 0]
-    assert got["first"][0] is True and got["second"][0] is False  # the second used the first's cache
+    assert (
+        got["first"][0] is True and got["second"][0] is False
+    )  # the second used the first's cache
     expected = [shrunk(files, i, resize) for i in range(len(files))]
     for role, (_, pixels) in got.items():
         assert len(pixels) == len(expected)
@@ -205,8 +233,11 @@ def test_cache_splits_wraps_only_the_file_splits_a_run_reads(tmp_path, monkeypat
     files = {s: jpeg_files(tmp_path / s, short) for s in ("train", "val", "test")}
     splits = Splits(files["train"], files["val"], files["test"], ("a", "b", "c"))
     searched = cache_splits(splits, TrainConfig(), tf)
-    assert [type(s).__name__ for s in (searched.train, searched.val, searched.test)] == \
-        ["CachedImages", "CachedImages", "ImageFiles"]  # a search never evaluates the test split
+    assert [type(s).__name__ for s in (searched.train, searched.val, searched.test)] == [
+        "CachedImages",
+        "CachedImages",
+        "ImageFiles",
+    ]  # a search never evaluates the test split
     final = cache_splits(splits, TrainConfig(eval_test=True), tf)
     assert type(final.test).__name__ == "CachedImages"
 
@@ -214,9 +245,18 @@ def test_cache_splits_wraps_only_the_file_splits_a_run_reads(tmp_path, monkeypat
     generated = Splits(array, array, array, ("a", "b"))
     assert cache_splits(generated, TrainConfig(eval_test=True), tf) == generated
     # timm's "squash" crop mode resizes both sides: no cache size keeps evaluation exact, so none
-    squash = build_transform(TrainConfig(img_size=IMG), {
-        "input_size": (3, IMG, IMG), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3,
-        "crop_pct": 0.95, "crop_mode": "squash"}, training=False)
+    squash = build_transform(
+        TrainConfig(img_size=IMG),
+        {
+            "input_size": (3, IMG, IMG),
+            "interpolation": "bilinear",
+            "mean": (0.5,) * 3,
+            "std": (0.5,) * 3,
+            "crop_pct": 0.95,
+            "crop_mode": "squash",
+        },
+        training=False,
+    )
     assert shrink_op(squash) is None
     assert cache_splits(splits, TrainConfig(), squash) == splits
 
@@ -224,8 +264,9 @@ def test_cache_splits_wraps_only_the_file_splits_a_run_reads(tmp_path, monkeypat
     monkeypatch.setattr(image_cache.shutil, "disk_usage", lambda _: SimpleNamespace(free=1000))
     other = {s: jpeg_files(tmp_path / f"other-{s}", short) for s in ("train", "val", "test")}
     with pytest.warns(UserWarning, match="image cache skipped"):
-        full_disk = cache_splits(Splits(other["train"], other["val"], other["test"], ("a", "b", "c")),
-                                 TrainConfig(), tf)
+        full_disk = cache_splits(
+            Splits(other["train"], other["val"], other["test"], ("a", "b", "c")), TrainConfig(), tf
+        )
     assert full_disk.train is other["train"] and full_disk.val is other["val"]
 
 
@@ -243,13 +284,28 @@ def test_a_run_gives_the_same_results_with_and_without_the_cache(tmp_path, sourc
         for k in range(6):
             write_image(data / "train" / f"c{c}" / f"{k}.jpg", c, 3, (IMG, IMG), seed=100 * c + k)
         for k in range(3):
-            write_image(data / "val" / f"c{c}" / f"{k}.jpg", c, 3, (48 + 4 * k, 40), seed=1000 + 10 * c + k)
+            write_image(
+                data / "val" / f"c{c}" / f"{k}.jpg", c, 3, (48 + 4 * k, 40), seed=1000 + 10 * c + k
+            )
         for k in range(2):
-            write_image(data / "test" / f"c{c}" / f"{k}.jpg", c, 3, (40, 56), seed=2000 + 10 * c + k)
+            write_image(
+                data / "test" / f"c{c}" / f"{k}.jpg", c, 3, (40, 56), seed=2000 + 10 * c + k
+            )
     # RandAugment and random erasing on: augmentation runs per sample on the cached images
-    cfg = TrainConfig(dataset="imagefolder", data_dir=str(data), model=MODEL, img_size=IMG,
-                      pretrained_file=str(source_ckpt), epochs=2, batch_size=8, lrs=(0.05,),
-                      new_layers=2, aa="rand-m9-mstd0.5-inc1", reprob=0.25, eval_test=True)
+    cfg = TrainConfig(
+        dataset="imagefolder",
+        data_dir=str(data),
+        model=MODEL,
+        img_size=IMG,
+        pretrained_file=str(source_ckpt),
+        epochs=2,
+        batch_size=8,
+        lrs=(0.05,),
+        new_layers=2,
+        aa="rand-m9-mstd0.5-inc1",
+        reprob=0.25,
+        eval_test=True,
+    )
     without = fit(cfg.replace(image_cache=False))
     assert not cache_dir.exists()
     with_cache = fit(cfg)

@@ -31,7 +31,13 @@ def test_test_resnet_partition_follows_timm_group_matcher() -> None:
     model = pretrained()
     layers = layer_partition(model)
     assert [(layer.index, layer.name) for layer in layers] == [
-        (1, "head"), (2, "layer4"), (3, "layer3"), (4, "layer2"), (5, "layer1"), (6, "stem")]
+        (1, "head"),
+        (2, "layer4"),
+        (3, "layer3"),
+        (4, "layer2"),
+        (5, "layer1"),
+        (6, "stem"),
+    ]
     assert layers[0].param_names == ("fc.weight", "fc.bias")
     assert all(n.startswith("layer4.") for n in layers[1].param_names)
     assert "conv1.0.weight" in layers[-1].param_names and "bn1.weight" in layers[-1].param_names
@@ -40,10 +46,15 @@ def test_test_resnet_partition_follows_timm_group_matcher() -> None:
 
 
 def test_inception_v4_partition_is_classifier_plus_22_feature_blocks() -> None:
-    model = timm.create_model("inception_v4", num_classes=3)  # structure only: no forward, no weights
+    model = timm.create_model(
+        "inception_v4", num_classes=3
+    )  # structure only: no forward, no weights
     layers = layer_partition(model)
     assert len(layers) == 23
-    assert layers[0].index == 1 and set(layers[0].param_names) == {"last_linear.weight", "last_linear.bias"}
+    assert layers[0].index == 1 and set(layers[0].param_names) == {
+        "last_linear.weight",
+        "last_linear.bias",
+    }
     assert [layer.name for layer in layers[1:]] == [f"features.{i}" for i in range(21, -1, -1)]
     for layer in layers[1:]:
         assert layer.param_names and all(n.startswith(layer.name + ".") for n in layer.param_names)
@@ -67,8 +78,11 @@ def test_reinit_changes_exactly_the_top_layers(new_layers: int) -> None:
             if name.endswith("running_mean"):
                 assert torch.equal(value, torch.zeros_like(value)), name
         else:
-            assert torch.equal(value, before[name]), f"{name} changed but is not in the top {new_layers}"
+            assert torch.equal(value, before[name]), (
+                f"{name} changed but is not in the top {new_layers}"
+            )
     assert (new_layers >= 2) == ("layer4.0.bn1" in new_modules)  # the buffer branch is exercised
+
 
 def test_reinit_is_reproducible_and_leaves_the_global_rng_alone() -> None:
     a, b = pretrained(), pretrained()
@@ -101,8 +115,11 @@ def test_reinit_uses_the_models_own_init() -> None:
 @pytest.mark.parametrize("new_layers", [0, 7, -1])
 def test_new_layers_out_of_range_is_an_input_error(new_layers: int) -> None:
     model = pretrained()
-    with pytest.raises(InputError, match=rf"new_layers must be between 1 and 6 \(the model's layer count\), "
-                                         rf"got {new_layers}"):
+    with pytest.raises(
+        InputError,
+        match=rf"new_layers must be between 1 and 6 \(the model's layer count\), "
+        rf"got {new_layers}",
+    ):
         reinit_layers(model, layer_partition(model), new_layers, seed=0)
 
 
@@ -129,6 +146,7 @@ def test_parameters_without_an_init_are_an_error_not_left_pretrained() -> None:
     before = snapshot(model)
     with pytest.raises(InputError, match="pos_embed"):
         reinit_layers(model, layers, len(layers), seed=0)
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # checked before acting
+    assert all(
+        torch.equal(v, before[k]) for k, v in model.state_dict().items()
+    )  # checked before acting
     reinit_layers(model, layers, 2, seed=0)  # the blocks and the head have their own init
-

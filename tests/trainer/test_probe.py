@@ -26,14 +26,22 @@ DIMS = {"head": 5, "layer4": 96, "layer3": 192, "layer2": 48, "layer1": 32, "ste
 
 @pytest.fixture
 def cfg(source_ckpt: Path) -> TrainConfig:
-    return TrainConfig(dataset="digits", model=MODEL, img_size=IMG, pretrained_file=str(source_ckpt),
-                       batch_size=16, seed=7)
+    return TrainConfig(
+        dataset="digits",
+        model=MODEL,
+        img_size=IMG,
+        pretrained_file=str(source_ckpt),
+        batch_size=16,
+        seed=7,
+    )
 
 
 def train_images(cfg: TrainConfig, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """The training split through the evaluation transform, as one batch."""
     data_config = timm.data.resolve_data_config({"input_size": (3, IMG, IMG)}, model=model)
-    dataset = TransformedDataset(build_splits(cfg).train, build_transform(cfg, data_config, training=False))
+    dataset = TransformedDataset(
+        build_splits(cfg).train, build_transform(cfg, data_config, training=False)
+    )
     images, labels = zip(*(dataset[i] for i in range(len(dataset))))
     return torch.stack(images), torch.as_tensor(labels)
 
@@ -48,7 +56,9 @@ def pretrained_model(cfg: TrainConfig, num_classes: int = 5) -> torch.nn.Module:
 def test_one_feature_matrix_per_layer(cfg: TrainConfig) -> None:
     probe = probe_features(cfg)
     partition = layer_partition(pretrained_model(cfg))
-    assert [(layer.index, layer.name) for layer in probe.layers] == [(p.index, p.name) for p in partition]
+    assert [(layer.index, layer.name) for layer in probe.layers] == [
+        (p.index, p.name) for p in partition
+    ]
     assert probe.labels.tolist() == list(build_splits(cfg).train.labels)
     assert probe.num_classes == 5 and len(probe.labels) == 50
     for layer in probe.layers:
@@ -72,19 +82,30 @@ def test_features_equal_a_direct_forward_pass(cfg: TrainConfig, source_ckpt: Pat
         l4 = model.layer4(l3)
         source = torch.load(source_ckpt, map_location="cpu")
         source_logits = l4.mean(dim=(2, 3)) @ source["fc.weight"].T + source["fc.bias"]
-    expected = {1: logits, 2: l4.mean(dim=(2, 3)), 3: l3.mean(dim=(2, 3)), 4: l2.mean(dim=(2, 3)),
-                5: l1.mean(dim=(2, 3)), 6: stem.mean(dim=(2, 3))}
+    expected = {
+        1: logits,
+        2: l4.mean(dim=(2, 3)),
+        3: l3.mean(dim=(2, 3)),
+        4: l2.mean(dim=(2, 3)),
+        5: l1.mean(dim=(2, 3)),
+        6: stem.mean(dim=(2, 3)),
+    }
     for index, tensor in expected.items():
-        np.testing.assert_allclose(probe.layer(index).features, tensor.numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            probe.layer(index).features, tensor.numpy(), rtol=1e-5, atol=1e-5
+        )
     # the source head of the checkpoint: 10 shape classes, a softmax per image
     assert probe.source_probs is not None and probe.source_probs.shape == (50, 10)
     np.testing.assert_allclose(probe.source_probs.sum(axis=1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(probe.source_probs, torch.softmax(source_logits, 1).numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        probe.source_probs, torch.softmax(source_logits, 1).numpy(), atol=1e-6
+    )
     assert "10 classes" in probe.source_head
 
 
 def test_probe_sees_the_runs_pretrained_model_and_changes_nothing(
-        cfg: TrainConfig, source_ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg: TrainConfig, source_ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from trainer.setup import build_run
 
     def noisy_build_splits(c):  # like a loader whose first import draws random numbers
@@ -99,7 +120,9 @@ def test_probe_sees_the_runs_pretrained_model_and_changes_nothing(
     # the caller's random streams are untouched
     assert torch.equal(torch.get_rng_state(), rng[0]) and random.getstate() == rng[1]
     assert np.array_equal(np.random.get_state()[1], rng[2])
-    assert np.array_equal(probe_features(cfg).layer(1).features, probe.layer(1).features)  # repeatable
+    assert np.array_equal(
+        probe_features(cfg).layer(1).features, probe.layer(1).features
+    )  # repeatable
 
     # a run with new_layers=1 keeps every layer below the classifier as pre-trained: same features
     run = build_run(cfg.replace(new_layers=1))
@@ -127,7 +150,9 @@ def test_extract_features_leaves_the_model_as_it_was(cfg: TrainConfig) -> None:
 
 def test_no_source_head(cfg: TrainConfig, source_ckpt: Path, tmp_path: Path) -> None:
     state = torch.load(source_ckpt, map_location="cpu")
-    torch.save({k: v for k, v in state.items() if not k.startswith("fc.")}, tmp_path / "headless.pth")
+    torch.save(
+        {k: v for k, v in state.items() if not k.startswith("fc.")}, tmp_path / "headless.pth"
+    )
     probe = probe_features(cfg.replace(pretrained_file=str(tmp_path / "headless.pth")))
     assert probe.source_probs is None and "holds no classifier tensors (fc.*)" in probe.source_head
     assert len(probe.layers) == 6
@@ -135,8 +160,9 @@ def test_no_source_head(cfg: TrainConfig, source_ckpt: Path, tmp_path: Path) -> 
     assert scratch.source_probs is None and "no pre-trained weights" in scratch.source_head
 
 
-def test_hub_weights_give_the_default_head(cfg: TrainConfig, source_ckpt: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hub_weights_give_the_default_head(
+    cfg: TrainConfig, source_ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """timm hub weights, faked offline by the checkpoint: the model timm creates with its default
     num_classes (here 10) is the source head, and everything equals the pretrained_file probe."""
     real = timm.create_model
@@ -145,7 +171,11 @@ def test_hub_weights_give_the_default_head(cfg: TrainConfig, source_ckpt: Path,
     def fake_create_model(name, pretrained=False, num_classes=None, **kwargs):
         model = real(name, num_classes=10 if num_classes is None else num_classes, **kwargs)
         if pretrained:
-            keep = {k: v for k, v in state.items() if num_classes in (None, 10) or not k.startswith("fc.")}
+            keep = {
+                k: v
+                for k, v in state.items()
+                if num_classes in (None, 10) or not k.startswith("fc.")
+            }
             model.load_state_dict(keep, strict=False)
         return model
 

@@ -31,9 +31,15 @@ def transferred() -> tuple[nn.Module, dict[str, str], dict[str, torch.Tensor]]:
     return model, assign_parts(layers, new_layers=2, num_low=2), reference
 
 
-def formula(model: nn.Module, part_of: dict[str, str], rates: tuple[float, float, float],
-            reference: dict[str, torch.Tensor], reg_bn: bool, reg_bias: bool,
-            l2_rates: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> torch.Tensor:
+def formula(
+    model: nn.Module,
+    part_of: dict[str, str],
+    rates: tuple[float, float, float],
+    reference: dict[str, torch.Tensor],
+    reg_bn: bool,
+    reg_bias: bool,
+    l2_rates: tuple[float, float, float] = (0.0, 0.0, 0.0),
+) -> torch.Tensor:
     """Omega(w) written out: s/2*||w - w0||^2 + l/2*||w||^2 for upper and lower,
     (s_new + l_new)/2*||w||^2 for new."""
     kinds = param_kinds(model)
@@ -56,7 +62,8 @@ SWITCHES = [(False, False), (True, True), (True, False)]
 @pytest.mark.parametrize("rates", RATES)
 @pytest.mark.parametrize(("reg_bn", "reg_bias"), SWITCHES)
 def test_gradient_term_equals_autograd_of_the_formula(
-        rates: tuple[float, float, float], reg_bn: bool, reg_bias: bool) -> None:
+    rates: tuple[float, float, float], reg_bn: bool, reg_bias: bool
+) -> None:
     model, part_of, reference = transferred()
     params = dict(model.named_parameters())
     base = {n: torch.randn_like(p) for n, p in params.items()}  # the loss's gradient, already there
@@ -75,18 +82,28 @@ def test_gradient_term_equals_autograd_of_the_formula(
     assert l2sp.penalty() == pytest.approx(omega.item(), rel=1e-6)
 
 
-@pytest.mark.parametrize(("rates", "l2_rates"), [
-    ((0.0, 0.0, 0.3), (0.0, 0.2, 0.0)),  # the paper's combination: L2-SP lower, L2 upper
-    ((0.1, 0.05, 0.3), (0.2, 0.4, 0.01)),  # both on every part
-    ((0.0, 0.0, 0.0), (0.0, 0.1, 0.1)),  # L2 alone needs no pre-trained weights
-])
+@pytest.mark.parametrize(
+    ("rates", "l2_rates"),
+    [
+        ((0.0, 0.0, 0.3), (0.0, 0.2, 0.0)),  # the paper's combination: L2-SP lower, L2 upper
+        ((0.1, 0.05, 0.3), (0.2, 0.4, 0.01)),  # both on every part
+        ((0.0, 0.0, 0.0), (0.0, 0.1, 0.1)),  # L2 alone needs no pre-trained weights
+    ],
+)
 def test_per_part_l2_and_l2sp_together_equal_autograd(rates, l2_rates) -> None:
     model, part_of, reference = transferred()
     params = dict(model.named_parameters())
     for p in params.values():
         p.grad = torch.zeros_like(p)
-    l2sp = L2SP(model, part_of, rates, reference if any(rates[1:]) else None, reg_bn=False,
-                reg_bias=True, l2_rates=l2_rates)
+    l2sp = L2SP(
+        model,
+        part_of,
+        rates,
+        reference if any(rates[1:]) else None,
+        reg_bn=False,
+        reg_bias=True,
+        l2_rates=l2_rates,
+    )
     l2sp.add_grad_()
     ours = {n: p.grad.clone() for n, p in params.items()}
     model.zero_grad(set_to_none=True)
@@ -119,7 +136,9 @@ def test_zero_rates_cost_nothing() -> None:
     assert l2sp.active
     off = L2SP(model, part_of, (0.0, 0.0, 0.0), None, reg_bn=True, reg_bias=True)
     assert not off.active and off.terms == [] and off.penalty() == 0.0
-    only_new = L2SP(model, part_of, (0.2, 0.0, 0.0), None, reg_bn=False, reg_bias=False)  # L2 needs no w0
+    only_new = L2SP(
+        model, part_of, (0.2, 0.0, 0.0), None, reg_bn=False, reg_bias=False
+    )  # L2 needs no w0
     assert only_new.penalty() > 0
 
 
@@ -170,5 +189,7 @@ def test_gradient_term_on_cuda() -> None:
         r = (0.3, 0.05, 1.7)[PARTS.index(part)]
         expected = r * (p if part == "new" else p - reference[n].cuda())
         torch.testing.assert_close(p.grad, expected.detach(), rtol=1e-6, atol=1e-6, msg=n)
-    omega = formula(copy.deepcopy(model).cpu(), part_of, (0.3, 0.05, 1.7), reference, True, True).item()
+    omega = formula(
+        copy.deepcopy(model).cpu(), part_of, (0.3, 0.05, 1.7), reference, True, True
+    ).item()
     assert l2sp.penalty() == pytest.approx(omega, rel=1e-5)

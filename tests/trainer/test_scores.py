@@ -12,8 +12,16 @@ import numpy as np
 import pytest
 
 from trainer.config import InputError
-from trainer.scores import (class_means, domain_similarity, earth_movers_distance, hscore, leep,
-                            linear_probe_accuracy, logme, nce)
+from trainer.scores import (
+    class_means,
+    domain_similarity,
+    earth_movers_distance,
+    hscore,
+    leep,
+    linear_probe_accuracy,
+    logme,
+    nce,
+)
 
 
 def blobs(n_per_class: int, d: int, classes: int, spread: float, seed: int = 0):
@@ -25,6 +33,7 @@ def blobs(n_per_class: int, d: int, classes: int, spread: float, seed: int = 0):
 
 
 # --- LogME ---------------------------------------------------------------------------------------
+
 
 def logme_reference(f: np.ndarray, labels: np.ndarray, tol: float = 1e-11):
     """The paper's Algorithm 1 as written, in the D-dimensional form (no SVD trick):
@@ -54,9 +63,14 @@ def logme_reference(f: np.ndarray, labels: np.ndarray, tol: float = 1e-11):
                 break
         a_mat = alpha * np.eye(d) + beta * f.T @ f
         m = beta * np.linalg.solve(a_mat, f.T @ y)
-        evidence = (d / 2 * math.log(alpha) + n / 2 * math.log(beta) - 0.5 * np.linalg.slogdet(a_mat)[1]
-                    - beta / 2 * ((f @ m - y) ** 2).sum() - alpha / 2 * (m @ m)
-                    - n / 2 * math.log(2 * math.pi))
+        evidence = (
+            d / 2 * math.log(alpha)
+            + n / 2 * math.log(beta)
+            - 0.5 * np.linalg.slogdet(a_mat)[1]
+            - beta / 2 * ((f @ m - y) ** 2).sum()
+            - alpha / 2 * (m @ m)
+            - n / 2 * math.log(2 * math.pi)
+        )
         per_class.append((alpha, beta, evidence / n))
     return sum(e for _, _, e in per_class) / len(per_class), per_class
 
@@ -88,8 +102,12 @@ def test_logme_matches_the_papers_algorithm(n_per_class: int, d: int) -> None:
         if n <= d:  # noise-free limit: y ~ N(0, K / alpha), K = F F^T, best alpha = N / y^T K^-1 y
             k = f @ f.T
             q = y @ np.linalg.solve(k, y)
-            ceiling = max(best, -0.5 * (n * math.log(2 * math.pi) + np.linalg.slogdet(k)[1])
-                          + n / 2 * math.log(n / q) - n / 2)
+            ceiling = max(
+                best,
+                -0.5 * (n * math.log(2 * math.pi) + np.linalg.slogdet(k)[1])
+                + n / 2 * math.log(n / q)
+                - n / 2,
+            )
         assert ceiling - best <= 0.005 * n  # the published eps = 1e-5 stops beta just short of it
         for db in (1.1, 1 / 1.1):
             assert gaussian_log_evidence(f, y, alpha, beta * db) < ceiling
@@ -127,6 +145,7 @@ def test_logme_of_constant_zero_features_is_the_noise_model() -> None:
 
 
 # --- H-score -------------------------------------------------------------------------------------
+
 
 def hscore_by_hand(f: np.ndarray, labels: np.ndarray) -> float:
     n, d = f.shape
@@ -166,6 +185,7 @@ def test_hscore_properties() -> None:
 
 # --- LEEP and NCE --------------------------------------------------------------------------------
 
+
 def leep_by_hand(probs: np.ndarray, labels: np.ndarray) -> float:
     n, z_count = probs.shape
     classes = sorted(set(labels.tolist()))
@@ -176,7 +196,11 @@ def leep_by_hand(probs: np.ndarray, labels: np.ndarray) -> float:
     marginal = {z: sum(joint[y, z] for y in classes) for z in range(z_count)}
     total = 0.0
     for i in range(n):
-        eep = sum(joint[labels[i], z] / marginal[z] * probs[i, z] for z in range(z_count) if marginal[z] > 0)
+        eep = sum(
+            joint[labels[i], z] / marginal[z] * probs[i, z]
+            for z in range(z_count)
+            if marginal[z] > 0
+        )
         total += math.log(eep)
     return total / n
 
@@ -227,7 +251,9 @@ def test_nce_matches_the_definition_and_leep_of_one_hot() -> None:
 def test_nce_known_values() -> None:
     target = np.array([0, 1, 1, 2, 0, 2])
     assert nce(target * 3 + 1, target) == pytest.approx(0.0, abs=1e-12)  # z determines y
-    assert nce(np.array([7, 3, 4, 9, 8, 5]), target) == 0.0  # finer source classes, still determined
+    assert (
+        nce(np.array([7, 3, 4, 9, 8, 5]), target) == 0.0
+    )  # finer source classes, still determined
     # independent: every (y, z) pair equally often -> -H(Y) = -log 3
     y = np.repeat(np.arange(3), 4)
     z = np.tile(np.arange(4), 3)
@@ -235,6 +261,7 @@ def test_nce_known_values() -> None:
 
 
 # --- linear probe --------------------------------------------------------------------------------
+
 
 def test_linear_probe_of_constant_features_predicts_the_majority_class() -> None:
     # classes of 12, 8, 4 images, 4 folds: each training part holds 9, 6, 3 images of constant
@@ -280,6 +307,7 @@ def test_linear_probe_speed_budget_shape() -> None:
 
 # --- domain similarity ---------------------------------------------------------------------------
 
+
 def emd_1d_by_hand(xs: list[float], ws: list[float], ys: list[float], vs: list[float]) -> float:
     """1-D EMD = integral of |CDF_source - CDF_target| (weights normalised)."""
     ws = [w / sum(ws) for w in ws]
@@ -295,8 +323,9 @@ def emd_1d_by_hand(xs: list[float], ws: list[float], ys: list[float], vs: list[f
 
 def test_emd_matches_hand_computations() -> None:
     # one source point at the origin, two target points: everything moves from the origin
-    assert earth_movers_distance([[0.0, 0.0]], [[3.0, 4.0], [0.0, 1.0]], None, [1, 3]) == pytest.approx(
-        0.25 * 5 + 0.75 * 1)
+    assert earth_movers_distance(
+        [[0.0, 0.0]], [[3.0, 4.0], [0.0, 1.0]], None, [1, 3]
+    ) == pytest.approx(0.25 * 5 + 0.75 * 1)
     # 2 x 2 with equal weights: the cheaper of the two matchings
     g = np.array([[0.0, 0.0], [10.0, 0.0]])
     h = np.array([[9.0, 0.0], [0.0, 2.0]])
@@ -305,8 +334,9 @@ def test_emd_matches_hand_computations() -> None:
     assert earth_movers_distance(g, h) == pytest.approx(min(straight, crossed))
     # 1-D with uneven weights: the CDF integral
     xs, ws, ys, vs = [0.0, 1.0, 4.0], [1, 2, 1], [0.5, 2.0], [3, 1]
-    assert earth_movers_distance(np.array(xs)[:, None], np.array(ys)[:, None], ws, vs) == pytest.approx(
-        emd_1d_by_hand(xs, ws, ys, vs), rel=1e-9)
+    assert earth_movers_distance(
+        np.array(xs)[:, None], np.array(ys)[:, None], ws, vs
+    ) == pytest.approx(emd_1d_by_hand(xs, ws, ys, vs), rel=1e-9)
 
 
 def test_emd_agrees_with_scipy() -> None:
@@ -315,7 +345,9 @@ def test_emd_agrees_with_scipy() -> None:
     rng = np.random.default_rng(0)
     g, h = rng.normal(size=(7, 5)), rng.normal(size=(9, 5)) + 0.5
     w, v = rng.uniform(1, 10, 7), rng.uniform(1, 10, 9)
-    assert earth_movers_distance(g, h, w, v) == pytest.approx(wasserstein_distance_nd(g, h, w, v), rel=1e-7)
+    assert earth_movers_distance(g, h, w, v) == pytest.approx(
+        wasserstein_distance_nd(g, h, w, v), rel=1e-7
+    )
 
 
 def test_domain_similarity_properties() -> None:
@@ -332,7 +364,9 @@ def test_domain_similarity_properties() -> None:
         assert sim == pytest.approx(math.exp(-0.01 * shift), rel=1e-7)
         assert sim < previous
         previous = sim
-    assert domain_similarity(means, means + 5 * direction, gamma=0.1) == pytest.approx(math.exp(-0.5))
+    assert domain_similarity(means, means + 5 * direction, gamma=0.1) == pytest.approx(
+        math.exp(-0.5)
+    )
 
 
 # --- bad input -----------------------------------------------------------------------------------
@@ -342,15 +376,18 @@ GOOD_Y = np.array([0, 0, 1, 1, 2, 2])
 
 
 @pytest.mark.parametrize("score", [logme, hscore, linear_probe_accuracy])
-@pytest.mark.parametrize("features, labels, message", [
-    (GOOD_F, GOOD_Y[:5], "5 entries but there are 6 samples"),
-    (np.where(np.eye(6, 3) > 0, np.nan, GOOD_F), GOOD_Y, "NaN or infinite"),
-    (GOOD_F, np.zeros(6, dtype=int), "single class"),
-    (GOOD_F, GOOD_Y.astype(float), "integer class indices"),
-    (GOOD_F, GOOD_Y - 1, "must be >= 0"),
-    (GOOD_F[:, 0], GOOD_Y, "2-D array"),
-    (GOOD_F[:3], np.array([0, 1, 2]), "more samples than classes"),
-])
+@pytest.mark.parametrize(
+    "features, labels, message",
+    [
+        (GOOD_F, GOOD_Y[:5], "5 entries but there are 6 samples"),
+        (np.where(np.eye(6, 3) > 0, np.nan, GOOD_F), GOOD_Y, "NaN or infinite"),
+        (GOOD_F, np.zeros(6, dtype=int), "single class"),
+        (GOOD_F, GOOD_Y.astype(float), "integer class indices"),
+        (GOOD_F, GOOD_Y - 1, "must be >= 0"),
+        (GOOD_F[:, 0], GOOD_Y, "2-D array"),
+        (GOOD_F[:3], np.array([0, 1, 2]), "more samples than classes"),
+    ],
+)
 def test_bad_feature_input_is_one_line(score, features, labels, message) -> None:
     if score is linear_probe_accuracy and message == "more samples than classes":
         message = "needs >= 2 per class"

@@ -69,12 +69,15 @@ def test_bad_aa_string_is_input_error():
 
 def test_transformed_dataset_over_a_real_split():
     splits = build_splits(TrainConfig(dataset="digits"))
-    ds = TransformedDataset(splits.train, build_transform(TrainConfig(aa=SEED_AA), DATA_CONFIG, True))
+    ds = TransformedDataset(
+        splits.train, build_transform(TrainConfig(aa=SEED_AA), DATA_CONFIG, True)
+    )
     x, y = ds[3]
     assert len(ds) == len(splits.train) and x.shape == (3, 32, 32) and y == splits.train[3][1]
 
 
 # --- the RandAugment posterize crash (docs/design.md, "Known pitfalls") ---------------------------
+
 
 def test_unguarded_timm_posterize_at_magnitude_10_raises():
     """Documents the bug the guard exists for. If this starts failing, timm/Pillow fixed the 0-bit
@@ -102,7 +105,9 @@ def test_guard_keeps_timm_behaviour_elsewhere():
     ops = list(augment_ops(t))
     assert len(ops) == 15
     for op in ops:
-        expected = posterize_keep_one_bit if op.name == "PosterizeIncreasing" else NAME_TO_OP[op.name]
+        expected = (
+            posterize_keep_one_bit if op.name == "PosterizeIncreasing" else NAME_TO_OP[op.name]
+        )
         assert op.aug_fn is expected
     # at a magnitude timm handles (m=5 -> 2 bits), the guarded op gives timm's exact pixels
     guarded = posterize_op(t)
@@ -117,6 +122,8 @@ def test_guard_covers_augmix_and_survives_pickling():
     t = build_transform(TrainConfig(aa="augmix-m5-w2"), DATA_CONFIG, training=True)
     assert posterize_op(t).aug_fn is posterize_keep_one_bit
     # DataLoader workers started with spawn receive the transform pickled
-    t2 = pickle.loads(pickle.dumps(build_transform(TrainConfig(aa=SEED_AA), DATA_CONFIG, training=True)))
+    t2 = pickle.loads(
+        pickle.dumps(build_transform(TrainConfig(aa=SEED_AA), DATA_CONFIG, training=True))
+    )
     op = at_magnitude_10(posterize_op(t2))
     assert op.aug_fn is posterize_keep_one_bit and isinstance(op(image()), Image.Image)

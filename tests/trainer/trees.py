@@ -10,15 +10,22 @@ the bottom, like the official ones.
 from __future__ import annotations
 
 import colorsys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import scipy.io
 from PIL import Image
 
 AIRCRAFT_BANNER_PX = 20
-CALTECH_NAMES = ("ak47", "american-flag", "backpack", "baseball-bat", "baseball-glove", "basketball-hoop")
+CALTECH_NAMES = (
+    "ak47",
+    "american-flag",
+    "backpack",
+    "baseball-bat",
+    "baseball-glove",
+    "basketball-hoop",
+)
 DTD_NAMES = ("banded", "blotchy", "braided", "bubbly", "bumpy", "chequered")
 AIRCRAFT_NAMES = ("707-320", "A300B4", "F/A-18", "Cessna 172", "DHC-1", "Boeing 737-700")
 
@@ -36,14 +43,20 @@ def label_of(img: Image.Image, classes: int) -> int:
     return int(np.argmin(dists))
 
 
-def write_image(path: Path, label: int, classes: int, size: tuple[int, int] = (32, 32), seed: int = 0,
-                banner_px: int = 0) -> Path:
+def write_image(
+    path: Path,
+    label: int,
+    classes: int,
+    size: tuple[int, int] = (32, 32),
+    seed: int = 0,
+    banner_px: int = 0,
+) -> Path:
     """A `size` = (width, height) JPEG of class `label`'s colour plus noise (and a white banner)."""
     rng = np.random.default_rng(seed)
     w, h = size
     arr = np.clip(np.array(class_colour(label, classes)) + rng.normal(0, 8, (h, w, 3)), 0, 255)
     if banner_px:
-        arr[h - banner_px:] = 255
+        arr[h - banner_px :] = 255
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr.astype(np.uint8)).save(path, quality=90)
     return path
@@ -53,16 +66,31 @@ def _names(base: Sequence[str], n: int, prefix: str) -> list[str]:
     return [base[i] if i < len(base) else f"{prefix}{i}" for i in range(n)]
 
 
-def _folder_per_class(folder: Path, names: Sequence[str], per_class: int, seed: int, size: int = 32) -> None:
+def _folder_per_class(
+    folder: Path, names: Sequence[str], per_class: int, seed: int, size: int = 32
+) -> None:
     for c, name in enumerate(names):
         for k in range(per_class):
-            write_image(folder / name / f"{name}_{k:04d}.jpg", c, len(names), (size, size),
-                        seed + 1000 * c + k)
+            write_image(
+                folder / name / f"{name}_{k:04d}.jpg",
+                c,
+                len(names),
+                (size, size),
+                seed + 1000 * c + k,
+            )
 
 
-def make_imagefolder(root: Path, classes: int = 3, per_class: int = 6, with_val: bool = False,
-                     with_test: bool = True, val_per_class: int = 2, test_per_class: int = 2,
-                     size: int = 32, name: str = "imagefolder") -> Path:
+def make_imagefolder(
+    root: Path,
+    classes: int = 3,
+    per_class: int = 6,
+    with_val: bool = False,
+    with_test: bool = True,
+    val_per_class: int = 2,
+    test_per_class: int = 2,
+    size: int = 32,
+    name: str = "imagefolder",
+) -> Path:
     """`train/<class>/*` (+ `val/` when `with_val`, + `test/` when `with_test`); classes c0, c1, ..."""
     out = Path(root) / name
     names = [f"c{i}" for i in range(classes)]
@@ -74,44 +102,61 @@ def make_imagefolder(root: Path, classes: int = 3, per_class: int = 6, with_val:
     return out
 
 
-def make_imagenet(root: Path, classes: int = 3, train_per_class: int = 10, val_per_class: int = 2,
-                  size: int = 32) -> Path:
+def make_imagenet(
+    root: Path, classes: int = 3, train_per_class: int = 10, val_per_class: int = 2, size: int = 32
+) -> Path:
     """`train/<wnid>/*.JPEG` and the official val set sorted into `val/<wnid>/*.JPEG`."""
     out = Path(root) / "imagenet"
     wnids = [f"n{1440764 + i:08d}" for i in range(classes)]
     for split, per_class, seed in (("train", train_per_class, 0), ("val", val_per_class, 100)):
         for c, wnid in enumerate(wnids):
             for k in range(per_class):
-                write_image(out / split / wnid / f"{wnid}_{k}.JPEG", c, classes, (size, size),
-                            seed + 1000 * c + k)
+                write_image(
+                    out / split / wnid / f"{wnid}_{k}.JPEG",
+                    c,
+                    classes,
+                    (size, size),
+                    seed + 1000 * c + k,
+                )
     return out
 
 
-def make_caltech256(root: Path, classes: int = 3, per_class: int = 8, clutter: bool = True,
-                    size: int = 32) -> Path:
+def make_caltech256(
+    root: Path, classes: int = 3, per_class: int = 8, clutter: bool = True, size: int = 32
+) -> Path:
     """`256_ObjectCategories/NNN.name/NNN_XXXX.jpg`, plus `257.clutter/` (to be excluded)."""
     out = Path(root) / "caltech256"
     cats = out / "256_ObjectCategories"
     names = _names(CALTECH_NAMES, classes, "class-")
     for c, name in enumerate(names):
         for k in range(per_class):
-            write_image(cats / f"{c + 1:03d}.{name}" / f"{c + 1:03d}_{k + 1:04d}.jpg", c, classes,
-                        (size, size), 1000 * c + k)
+            write_image(
+                cats / f"{c + 1:03d}.{name}" / f"{c + 1:03d}_{k + 1:04d}.jpg",
+                c,
+                classes,
+                (size, size),
+                1000 * c + k,
+            )
     if clutter:
         for k in range(per_class):
-            write_image(cats / "257.clutter" / f"257_{k + 1:04d}.jpg", 0, classes, (size, size), 99_000 + k)
+            write_image(
+                cats / "257.clutter" / f"257_{k + 1:04d}.jpg", 0, classes, (size, size), 99_000 + k
+            )
     return out
 
 
 def _cars_annotations(fnames: list[str], labels: list[int], size: int) -> np.ndarray:
     dtype = [(f, "O") for f in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname")]
-    rows = [(np.uint8(1), np.uint8(1), np.uint8(size - 1), np.uint8(size - 1), np.uint8(y + 1), f)
-            for f, y in zip(fnames, labels)]
+    rows = [
+        (np.uint8(1), np.uint8(1), np.uint8(size - 1), np.uint8(size - 1), np.uint8(y + 1), f)
+        for f, y in zip(fnames, labels)
+    ]
     return np.array(rows, dtype=dtype)
 
 
-def make_cars(root: Path, classes: int = 3, train_per_class: int = 10, test_per_class: int = 2,
-              size: int = 32) -> Path:
+def make_cars(
+    root: Path, classes: int = 3, train_per_class: int = 10, test_per_class: int = 2, size: int = 32
+) -> Path:
     """The classic Stanford Cars layout: devkit .mat files (1-based classes), cars_train/, cars_test/."""
     out = Path(root) / "stanford_cars"
     (out / "devkit").mkdir(parents=True, exist_ok=True)
@@ -119,8 +164,10 @@ def make_cars(root: Path, classes: int = 3, train_per_class: int = 10, test_per_
     for c in range(classes):
         names[0, c] = f"Make{c} Model {2000 + c}"
     scipy.io.savemat(str(out / "devkit" / "cars_meta.mat"), {"class_names": names})
-    for split, per_class, mat in (("train", train_per_class, out / "devkit" / "cars_train_annos.mat"),
-                                  ("test", test_per_class, out / "cars_test_annos_withlabels.mat")):
+    for split, per_class, mat in (
+        ("train", train_per_class, out / "devkit" / "cars_train_annos.mat"),
+        ("test", test_per_class, out / "cars_test_annos_withlabels.mat"),
+    ):
         # interleave classes, as the official numbering does
         labels = [c for _ in range(per_class) for c in range(classes)]
         fnames = [f"{i + 1:05d}.jpg" for i in range(len(labels))]
@@ -144,14 +191,22 @@ def make_aircraft(root: Path, classes: int = 3, per_split: int = 2, size: int = 
         for c, name in enumerate(names):
             for _ in range(per_split):
                 image_id += 1
-                write_image(data / "images" / f"{image_id:07d}.jpg", c, classes,
-                            (size, size + AIRCRAFT_BANNER_PX), image_id, banner_px=AIRCRAFT_BANNER_PX)
+                write_image(
+                    data / "images" / f"{image_id:07d}.jpg",
+                    c,
+                    classes,
+                    (size, size + AIRCRAFT_BANNER_PX),
+                    image_id,
+                    banner_px=AIRCRAFT_BANNER_PX,
+                )
                 lines.append(f"{image_id:07d} {name}\n")
         (data / f"images_variant_{split}.txt").write_text("".join(lines))
     return out
 
 
-def make_dtd(root: Path, classes: int = 3, per_split: int = 2, splits: int = 1, size: int = 32) -> Path:
+def make_dtd(
+    root: Path, classes: int = 3, per_split: int = 2, splits: int = 1, size: int = 32
+) -> Path:
     """`images/<class>/<class>_NNNN.jpg` (3 * per_split per class) and `labels/{train,val,test}K.txt`
     for K in 1..splits (split K rotates which images go where)."""
     out = Path(root) / "dtd"
@@ -163,7 +218,9 @@ def make_dtd(root: Path, classes: int = 3, per_split: int = 2, splits: int = 1, 
             lines = []
             for name in names:
                 for i in range(per_split):
-                    index = ((s + k - 1) % 3) * per_split + i  # split K shifts every image by one split
+                    index = (
+                        (s + k - 1) % 3
+                    ) * per_split + i  # split K shifts every image by one split
                     lines.append(f"{name}/{name}_{index:04d}.jpg\n")
             (out / "labels" / f"{split}{k}.txt").write_text("".join(lines))
     return out

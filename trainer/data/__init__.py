@@ -8,7 +8,7 @@ of `(RGB PIL image, int label)` items; the split rules are in each loader's modu
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..config import InputError, TrainConfig
 from .aircraft import fgvc_aircraft
@@ -36,9 +36,21 @@ def build_splits(cfg: TrainConfig) -> Splits:
     try:
         builder = DATASETS[cfg.dataset]
     except KeyError:
-        raise InputError(f"unknown dataset {cfg.dataset!r}; known: {', '.join(sorted(DATASETS))}") from None
+        raise InputError(
+            f"unknown dataset {cfg.dataset!r}; known: {', '.join(sorted(DATASETS))}"
+        ) from None
     return builder(cfg)
 
 
-__all__ = ["DATASETS", "CachedImages", "ImageArray", "ImageFiles", "ImageSource", "Splits",
-           "TransformedDataset", "build_splits", "build_transform", "cache_splits"]
+__all__ = [
+    "DATASETS",
+    "CachedImages",
+    "ImageArray",
+    "ImageFiles",
+    "ImageSource",
+    "Splits",
+    "TransformedDataset",
+    "build_splits",
+    "build_transform",
+    "cache_splits",
+]

@@ -39,6 +39,8 @@ def fgvc_aircraft(cfg: TrainConfig) -> Splits:
     variants_file = require_file(data / "variants.txt", "FGVC-Aircraft variants list")
     classes = [v.strip() for v in variants_file.read_text().splitlines() if v.strip()]
     index = {c: i for i, c in enumerate(classes)}
-    splits = [_read_split(data / f"images_variant_{s}.txt", images, index)
-              for s in ("train", "val", "test")]
+    splits = [
+        _read_split(data / f"images_variant_{s}.txt", images, index)
+        for s in ("train", "val", "test")
+    ]
     return file_splits(*splits, classes, crop_bottom=BANNER_PX)

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -78,7 +79,9 @@ class ImageArray(ImageSource):
 
     def __init__(self, images: np.ndarray, labels: Sequence[int]) -> None:
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-            raise ValueError(f"expected uint8 N x H x W x 3 images, got {images.dtype} {images.shape}")
+            raise ValueError(
+                f"expected uint8 N x H x W x 3 images, got {images.dtype} {images.shape}"
+            )
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images = images
@@ -105,6 +108,7 @@ class TransformedDataset(Dataset):
 
 
 # --- layout checks -------------------------------------------------------------------------------
+
 
 def data_root(cfg: TrainConfig) -> Path:
     """`cfg.data_dir` as an existing directory, or InputError saying what is missing."""
@@ -134,8 +138,11 @@ def require_files(samples: Sequence[Sample], what: str) -> None:
 
 def list_images(folder: Path) -> list[Path]:
     """Image files directly in `folder`, sorted by name (hidden files skipped)."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
 
 
 def class_folders(folder: Path) -> list[Path]:
@@ -156,6 +163,7 @@ def scan_classes(folder: Path, classes: Sequence[str]) -> list[Sample]:
 
 
 # --- dataset options (cfg.extra) and fixed-seed splitters ----------------------------------------
+
 
 def extra_int(cfg: TrainConfig, key: str, default: int) -> int:
     value = cfg.extra.get(key, default)
@@ -196,8 +204,8 @@ def split_counts(samples: Sequence[Sample], n_train: int, n_val: int) -> tuple[l
     for label, items in _by_class(samples).items():
         items = _shuffled(items, label)
         train += items[:n_train]
-        val += items[n_train:n_train + n_val]
-        test += items[n_train + n_val:]
+        val += items[n_train : n_train + n_val]
+        test += items[n_train + n_val :]
     return train, val, test
 
 
@@ -215,7 +223,16 @@ def carve_val(samples: Sequence[Sample], fraction: float) -> tuple[list[Sample],
     return train, val
 
 
-def file_splits(train: Sequence[Sample], val: Sequence[Sample], test: Sequence[Sample],
-                classes: Sequence[str], crop_bottom: int = 0) -> Splits:
-    return Splits(ImageFiles(train, crop_bottom), ImageFiles(val, crop_bottom),
-                  ImageFiles(test, crop_bottom), tuple(classes))
+def file_splits(
+    train: Sequence[Sample],
+    val: Sequence[Sample],
+    test: Sequence[Sample],
+    classes: Sequence[str],
+    crop_bottom: int = 0,
+) -> Splits:
+    return Splits(
+        ImageFiles(train, crop_bottom),
+        ImageFiles(val, crop_bottom),
+        ImageFiles(test, crop_bottom),
+        tuple(classes),
+    )

@@ -76,8 +76,9 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import PIL
@@ -155,7 +156,7 @@ class CachedImages(ImageSource):
     def load(self, index: int) -> Image.Image:
         store = self._store or self._reopen()
         offset, height, width = (int(v) for v in store.index[index])
-        pixels = store.pixels[offset:offset + height * width * 3].reshape(height, width, 3)
+        pixels = store.pixels[offset : offset + height * width * 3].reshape(height, width, 3)
         return Image.fromarray(pixels)  # copies: PIL keeps RGB in its own 4-byte layout
 
     def _reopen(self) -> _Store:
@@ -163,7 +164,9 @@ class CachedImages(ImageSource):
         # was rebuilt in between rather than serve other pixels under the same indices.
         store = _open_valid(self.path, self.fingerprint)
         if store is None:
-            raise RuntimeError(f"image cache {self.path} changed or vanished while a run was using it")
+            raise RuntimeError(
+                f"image cache {self.path} changed or vanished while a run was using it"
+            )
         self._store = store
         return store
 
@@ -171,8 +174,9 @@ class CachedImages(ImageSource):
         return {**self.__dict__, "_store": None}  # pickling the mapping would copy the whole cache
 
 
-def cached_images(files: ImageFiles, name: str, resize: transforms.Resize,
-                  root: Path | None = None) -> CachedImages | None:
+def cached_images(
+    files: ImageFiles, name: str, resize: transforms.Resize, root: Path | None = None
+) -> CachedImages | None:
     """`files` served from the cache `root/<name>-<S>px-...`, built first if missing or stale.
 
     None when the cache would not fit on the disk (a warning says so): read the files instead."""
@@ -218,6 +222,7 @@ def cache_splits(splits: Splits, cfg: TrainConfig, eval_transform: Any) -> Split
 
 # --- keys, fingerprints, the file ----------------------------------------------------------------
 
+
 def _resize_key(resize: transforms.Resize) -> str:
     return f"{_short_side(resize)}px-{resize.interpolation.value}"
 
@@ -231,9 +236,18 @@ def _folder_name(files: ImageFiles, name: str, resize: transforms.Resize) -> str
 
 def _fingerprint(files: ImageFiles, resize: transforms.Resize) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"format": FORMAT, "pillow": PIL.__version__, "torchvision": torchvision.__version__,
-                         "resize": [_short_side(resize), resize.interpolation.value, resize.max_size],
-                         "crop_bottom": files.crop_bottom}, sort_keys=True).encode())
+    h.update(
+        json.dumps(
+            {
+                "format": FORMAT,
+                "pillow": PIL.__version__,
+                "torchvision": torchvision.__version__,
+                "resize": [_short_side(resize), resize.interpolation.value, resize.max_size],
+                "crop_bottom": files.crop_bottom,
+            },
+            sort_keys=True,
+        ).encode()
+    )
     for p in files.paths:
         st = os.stat(p)
         h.update(f"\n{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}".encode())
@@ -249,13 +263,19 @@ def _open_valid(path: Path, fingerprint: str) -> _Store | None:
     try:  # header and mapping come from the same open file, whatever replaces `path` meanwhile
         header = _parse_header(os.pread(fd, HEADER_BYTES, 0))
         size = os.fstat(fd).st_size
-        if header is None or header.get("fingerprint") != fingerprint or header.get("file_bytes") != size:
+        if (
+            header is None
+            or header.get("fingerprint") != fingerprint
+            or header.get("file_bytes") != size
+        ):
             return None
         mapped = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
     finally:
         os.close(fd)
     count, data_bytes = header["count"], header["data_bytes"]
-    index = np.frombuffer(mapped, np.int64, count=3 * count, offset=header["index_offset"]).reshape(count, 3)
+    index = np.frombuffer(mapped, np.int64, count=3 * count, offset=header["index_offset"]).reshape(
+        count, 3
+    )
     ends = index[:, 0] + index[:, 1] * index[:, 2] * 3
     if count and (index[0, 0] != 0 or ends[-1] != data_bytes or (ends[:-1] != index[1:, 0]).any()):
         return None
@@ -267,7 +287,7 @@ def _parse_header(raw: bytes) -> dict[str, Any] | None:
     if not raw.startswith(MAGIC):
         return None
     try:
-        header = json.loads(raw[len(MAGIC):].rstrip(b"\0"))
+        header = json.loads(raw[len(MAGIC) :].rstrip(b"\0"))
     except ValueError:
         return None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
@@ -298,8 +318,11 @@ def _fits(files: ImageFiles, resize: transforms.Resize, folder: Path) -> bool:
         needed += width * height * 3
     free = shutil.disk_usage(folder).free
     if needed > (1 - FREE_MARGIN) * free:
-        warnings.warn(f"image cache skipped: {folder} needs {needed / 2**30:.1f} GiB, "
-                      f"{free / 2**30:.1f} GiB free; reading the image files instead", stacklevel=3)
+        warnings.warn(
+            f"image cache skipped: {folder} needs {needed / 2**30:.1f} GiB, "
+            f"{free / 2**30:.1f} GiB free; reading the image files instead",
+            stacklevel=3,
+        )
         return False
     return True
 
@@ -311,7 +334,9 @@ def _build(files: ImageFiles, resize: transforms.Resize, path: Path, fingerprint
     done = False
     try:
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)  # mkstemp's 0600 would hide a shared cache folder from others
+            os.fchmod(
+                f.fileno(), 0o644
+            )  # mkstemp's 0600 would hide a shared cache folder from others
             f.write(bytes(HEADER_BYTES))
             index = np.zeros((len(files), 3), np.int64)
             offset = 0
@@ -323,9 +348,15 @@ def _build(files: ImageFiles, resize: transforms.Resize, path: Path, fingerprint
             index_offset = HEADER_BYTES + offset + (-offset % 8)
             f.write(bytes(index_offset - HEADER_BYTES - offset))
             f.write(index.tobytes())
-            header = {"format": FORMAT, "fingerprint": fingerprint, "count": len(files),
-                      "data_bytes": offset, "index_offset": index_offset,
-                      "file_bytes": index_offset + index.nbytes, "resize": _resize_key(resize)}
+            header = {
+                "format": FORMAT,
+                "fingerprint": fingerprint,
+                "count": len(files),
+                "data_bytes": offset,
+                "index_offset": index_offset,
+                "file_bytes": index_offset + index.nbytes,
+                "resize": _resize_key(resize),
+            }
             raw = MAGIC + json.dumps(header).encode()
             if len(raw) > HEADER_BYTES:
                 raise ValueError(f"image cache header of {len(raw)} bytes exceeds {HEADER_BYTES}")
@@ -339,8 +370,13 @@ def _build(files: ImageFiles, resize: transforms.Resize, path: Path, fingerprint
         if not done:
             Path(tmp).unlink(missing_ok=True)
     _fsync_dir(path.parent)
-    log.info("image cache: %d images decoded into %s (%.1f MB) in %.1f s", len(files), path,
-             header["file_bytes"] / 1e6, time.perf_counter() - started)
+    log.info(
+        "image cache: %d images decoded into %s (%.1f MB) in %.1f s",
+        len(files),
+        path,
+        header["file_bytes"] / 1e6,
+        time.perf_counter() - started,
+    )
 
 
 def _fsync_dir(folder: Path) -> None:

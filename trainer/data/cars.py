@@ -20,8 +20,17 @@ import numpy as np
 import scipy.io
 
 from ..config import InputError, TrainConfig
-from .base import (Sample, Splits, carve_val, data_root, extra_fraction, file_splits, require_dir,
-                   require_file, require_files)
+from .base import (
+    Sample,
+    Splits,
+    carve_val,
+    data_root,
+    extra_fraction,
+    file_splits,
+    require_dir,
+    require_file,
+    require_files,
+)
 
 
 def _loadmat(path: Path, key: str) -> np.ndarray:
@@ -45,7 +54,9 @@ def _annotations(path: Path, images: Path, num_classes: int) -> list[Sample]:
     fields = ann.dtype.names or ()
     for name in ("fname", "class"):
         if name not in fields:
-            raise InputError(f"{path}: annotations have no {name!r} field (fields: {', '.join(fields)})")
+            raise InputError(
+                f"{path}: annotations have no {name!r} field (fields: {', '.join(fields)})"
+            )
     samples = []
     for fname, cls in zip(_cell_values(ann["fname"]), _cell_values(ann["class"])):
         if not 1 <= int(cls) <= num_classes:
@@ -57,7 +68,9 @@ def _annotations(path: Path, images: Path, num_classes: int) -> list[Sample]:
 
 def stanford_cars(cfg: TrainConfig) -> Splits:
     root = data_root(cfg)
-    classes = [str(c) for c in _cell_values(_loadmat(root / "devkit" / "cars_meta.mat", "class_names"))]
+    classes = [
+        str(c) for c in _cell_values(_loadmat(root / "devkit" / "cars_meta.mat", "class_names"))
+    ]
     train_images = require_dir(root / "cars_train", "Stanford Cars train images folder")
     test_images = require_dir(root / "cars_test", "Stanford Cars test images folder")
     train = _annotations(root / "devkit" / "cars_train_annos.mat", train_images, len(classes))

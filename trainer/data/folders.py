@@ -27,9 +27,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import InputError, TrainConfig
-from .base import (Sample, Splits, carve_val, class_folders, data_root, extra_fraction, extra_int,
-                   file_splits, list_images, require_dir, require_file, require_files,
-                   scan_classes, split_counts)
+from .base import (
+    Sample,
+    Splits,
+    carve_val,
+    class_folders,
+    data_root,
+    extra_fraction,
+    extra_int,
+    file_splits,
+    list_images,
+    require_dir,
+    require_file,
+    require_files,
+    scan_classes,
+    split_counts,
+)
 
 CALTECH_CLUTTER = "257.clutter"
 
@@ -68,7 +81,9 @@ def imagenet(cfg: TrainConfig) -> Splits:
     train_dir = require_dir(root / "train", "ImageNet train folder")
     val_dir = require_dir(root / "val", "ImageNet val folder (sorted into <wnid>/ folders)")
     classes = _train_classes(train_dir)
-    train, val = carve_val(_scan_train(train_dir, classes), extra_fraction(cfg, "val_fraction", 0.02))
+    train, val = carve_val(
+        _scan_train(train_dir, classes), extra_fraction(cfg, "val_fraction", 0.02)
+    )
     return file_splits(train, val, scan_classes(val_dir, classes), classes)
 
 
@@ -83,8 +98,9 @@ def caltech256_30(cfg: TrainConfig) -> Splits:
     # "001.ak47" -> "ak47"; the zero-padded number prefix keeps the official class order.
     classes = [p.name.split(".", 1)[-1] for p in folders]
     samples = [(str(f), label) for label, folder in enumerate(folders) for f in list_images(folder)]
-    train, val, test = split_counts(samples, extra_int(cfg, "train_per_class", 30),
-                                    extra_int(cfg, "val_per_class", 20))
+    train, val, test = split_counts(
+        samples, extra_int(cfg, "train_per_class", 30), extra_int(cfg, "val_per_class", 20)
+    )
     return file_splits(train, val, test, classes)
 
 
@@ -103,7 +119,9 @@ def dtd(cfg: TrainConfig) -> Splits:
         for line in path.read_text().split():
             cls = line.split("/", 1)[0]
             if cls not in index:
-                raise InputError(f"{path}: {line!r} names class {cls!r}, which has no folder in {images}")
+                raise InputError(
+                    f"{path}: {line!r} names class {cls!r}, which has no folder in {images}"
+                )
             samples.append((str(images / line), index[cls]))
         require_files(samples, str(path))
         return samples

@@ -41,8 +41,18 @@ DIGIT_PX = (20, 30)  # digit size range
 DIGIT_CONTRAST = 150.0  # min RGB distance of the digit's colour from its background
 DISTRACTORS = (0, 1)  # random lines drawn over a digit scene
 DIGITS = (5, 6, 7, 8, 9)  # the default `extra.classes`
-SHAPES = ("circle", "square", "triangle", "cross", "ring", "stripes-h", "stripes-v", "checker",
-          "dots", "star")
+SHAPES = (
+    "circle",
+    "square",
+    "triangle",
+    "cross",
+    "ring",
+    "stripes-h",
+    "stripes-v",
+    "checker",
+    "dots",
+    "star",
+)
 SHAPES_PER_CLASS = (300, 30, 30)  # train, val, test
 _SS = 2  # shapes are drawn at 2x and box-downsampled: anti-aliased edges at 32 px
 
@@ -59,7 +69,9 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return _corner_weights(size) @ rng.uniform(0, 255, (4, 3)).astype(np.float32)
 
 
-def _contrasting_colour(rng: np.random.Generator, against: np.ndarray, min_dist: float = 110.0) -> np.ndarray:
+def _contrasting_colour(
+    rng: np.random.Generator, against: np.ndarray, min_dist: float = 110.0
+) -> np.ndarray:
     """A random colour at least `min_dist` (RGB distance) from `against`, or the farthest of 16 draws."""
     candidates = rng.uniform(0, 255, (16, 3))
     dist = np.linalg.norm(candidates - against, axis=1)
@@ -79,7 +91,9 @@ def _frozen(array: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
-def render_digits(seed: int = GEN_SEED, classes: tuple[int, ...] = DIGITS) -> tuple[np.ndarray, np.ndarray]:
+def render_digits(
+    seed: int = GEN_SEED, classes: tuple[int, ...] = DIGITS
+) -> tuple[np.ndarray, np.ndarray]:
     """All images of the digits in `classes` (increasing) as cluttered scenes:
     (uint8 `N x 32 x 32 x 3`, labels 0..len(classes)-1, the position of each digit in `classes`)."""
     from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
@@ -93,12 +107,19 @@ def render_digits(seed: int = GEN_SEED, classes: tuple[int, ...] = DIGITS) -> tu
         scene = _background(rng, SIZE)
         s = int(rng.integers(DIGIT_PX[0], DIGIT_PX[1] + 1))
         x, y = (int(v) for v in rng.integers(0, SIZE - s + 1, 2))
-        alpha = np.asarray(Image.fromarray(np.uint8(glyph * (255 / 16))).resize((s, s), Image.BILINEAR),
-                           dtype=np.float32)[..., None] / 255.0
-        patch = scene[y:y + s, x:x + s]
+        alpha = (
+            np.asarray(
+                Image.fromarray(np.uint8(glyph * (255 / 16))).resize((s, s), Image.BILINEAR),
+                dtype=np.float32,
+            )[..., None]
+            / 255.0
+        )
+        patch = scene[y : y + s, x : x + s]
         colour = _contrasting_colour(rng, patch.mean(axis=(0, 1)), DIGIT_CONTRAST)
-        scene[y:y + s, x:x + s] = patch * (1 - alpha) + colour * alpha
-        canvas = Image.fromarray(scene.astype(np.uint8))  # values stay within [0, 255]: a convex blend
+        scene[y : y + s, x : x + s] = patch * (1 - alpha) + colour * alpha
+        canvas = Image.fromarray(
+            scene.astype(np.uint8)
+        )  # values stay within [0, 255]: a convex blend
         draw = ImageDraw.Draw(canvas)
         for _ in range(int(rng.integers(DISTRACTORS[0], DISTRACTORS[1] + 1))):
             ends = [int(v) for v in rng.integers(-4, SIZE + 4, 4)]
@@ -110,12 +131,22 @@ def render_digits(seed: int = GEN_SEED, classes: tuple[int, ...] = DIGITS) -> tu
 def _polygon(cx: float, cy: float, radii: list[float], angle: float) -> list[tuple[float, float]]:
     """Vertices at evenly spaced angles (starting at `angle`) and the given radii, in turn."""
     n = len(radii)
-    return [(cx + r * math.cos(angle + 2 * math.pi * k / n), cy + r * math.sin(angle + 2 * math.pi * k / n))
-            for k, r in enumerate(radii)]
+    return [
+        (
+            cx + r * math.cos(angle + 2 * math.pi * k / n),
+            cy + r * math.sin(angle + 2 * math.pi * k / n),
+        )
+        for k, r in enumerate(radii)
+    ]
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, int], fill: tuple,
-                rng: np.random.Generator) -> None:
+def _draw_shape(
+    draw: ImageDraw.ImageDraw,
+    kind: str,
+    box: tuple[int, int, int, int],
+    fill: tuple,
+    rng: np.random.Generator,
+) -> None:
     x0, y0, x1, y1 = box
     s, cx, cy = x1 - x0, (x0 + x1) / 2, (y0 + y1) / 2
     angle = float(rng.uniform(0, 2 * math.pi))
@@ -131,8 +162,20 @@ def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, 
         draw.polygon(_polygon(cx, cy, [s / 2, s / 5] * 5, angle), fill=fill)
     elif kind == "cross":
         a, b = s / 2, s / 6  # arm half-length, arm half-width: a 12-vertex plus sign, rotated
-        pts = [(b, a), (b, b), (a, b), (a, -b), (b, -b), (b, -a),
-               (-b, -a), (-b, -b), (-a, -b), (-a, b), (-b, b), (-b, a)]
+        pts = [
+            (b, a),
+            (b, b),
+            (a, b),
+            (a, -b),
+            (b, -b),
+            (b, -a),
+            (-b, -a),
+            (-b, -b),
+            (-a, -b),
+            (-a, b),
+            (-b, b),
+            (-b, a),
+        ]
         c, si = math.cos(angle), math.sin(angle)
         draw.polygon([(cx + u * c - v * si, cy + u * si + v * c) for u, v in pts], fill=fill)
     else:  # textures fill the box: bands / cells of half a period, 2-3.5 px at 32 px
@@ -141,16 +184,20 @@ def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, 
         for i, u in enumerate(range(x0, x1, half)):
             for j, v in enumerate(range(y0, y1, half)):
                 cell = (u, v, min(u + half, x1) - 1, min(v + half, y1) - 1)
-                if ((kind == "stripes-h" and j % 2 == 0) or (kind == "stripes-v" and i % 2 == 0)
-                        or (kind == "checker" and (i + j) % 2 == 0)):
+                if (
+                    (kind == "stripes-h" and j % 2 == 0)
+                    or (kind == "stripes-v" and i % 2 == 0)
+                    or (kind == "checker" and (i + j) % 2 == 0)
+                ):
                     draw.rectangle(cell, fill=fill)
                 elif kind == "dots" and i % 2 == 0 and j % 2 == 0:
                     draw.ellipse((u, v, u + half, v + half), fill=fill)
 
 
 @functools.lru_cache(maxsize=4)
-def render_shapes(seed: int = GEN_SEED,
-                  per_class: int = sum(SHAPES_PER_CLASS)) -> tuple[np.ndarray, np.ndarray]:
+def render_shapes(
+    seed: int = GEN_SEED, per_class: int = sum(SHAPES_PER_CLASS)
+) -> tuple[np.ndarray, np.ndarray]:
     """`per_class` images of each shape class: (uint8 `N x 32 x 32 x 3`, labels 0..9), class-major."""
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(len(SHAPES)), per_class)
@@ -160,10 +207,17 @@ def render_shapes(seed: int = GEN_SEED,
         background = _background(rng, big)
         s = int(rng.integers(12, 29)) * _SS
         x, y = (int(v) for v in rng.integers(0, big - s + 1, 2))
-        colour = _contrasting_colour(rng, background[y:y + s:4, x:x + s:4].mean(axis=(0, 1)))
+        colour = _contrasting_colour(
+            rng, background[y : y + s : 4, x : x + s : 4].mean(axis=(0, 1))
+        )
         canvas = Image.fromarray(background.astype(np.uint8))
-        _draw_shape(ImageDraw.Draw(canvas), SHAPES[label], (x, y, x + s, y + s),
-                    tuple(int(c) for c in colour), rng)
+        _draw_shape(
+            ImageDraw.Draw(canvas),
+            SHAPES[label],
+            (x, y, x + s, y + s),
+            tuple(int(c) for c in colour),
+            rng,
+        )
         images[i] = np.asarray(canvas.reduce(_SS))
     return _add_noise(images, rng), _frozen(labels)
 
@@ -173,31 +227,44 @@ def _split(images: np.ndarray, labels: np.ndarray, n_train: int, n_val: int, see
     parts: tuple[list, list, list] = ([], [], [])
     for label in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == label))
-        for part, chosen in zip(parts, (idx[:n_train], idx[n_train:n_train + n_val], idx[n_train + n_val:])):
+        for part, chosen in zip(
+            parts, (idx[:n_train], idx[n_train : n_train + n_val], idx[n_train + n_val :])
+        ):
             part.extend(chosen.tolist())
     return tuple(ImageArray(images[sorted(p)], labels[sorted(p)]) for p in parts)
 
 
 def _digit_classes(cfg: TrainConfig) -> tuple[int, ...]:
     value = cfg.extra.get("classes", list(DIGITS))
-    if (not isinstance(value, (list, tuple)) or len(value) < 2
-            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 9 for d in value)
-            or list(value) != sorted(set(value))):
-        raise InputError(f"extra.classes must be a list of at least 2 distinct digits 0-9 in increasing "
-                         f"order, got {value!r}")
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) < 2
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 9 for d in value)
+        or list(value) != sorted(set(value))
+    ):
+        raise InputError(
+            f"extra.classes must be a list of at least 2 distinct digits 0-9 in increasing "
+            f"order, got {value!r}"
+        )
     return tuple(value)
 
 
 def digits(cfg: TrainConfig) -> Splits:
     classes = _digit_classes(cfg)
     images, labels = render_digits(GEN_SEED, classes)
-    train, val, test = _split(images, labels, extra_int(cfg, "train_per_class", 10),
-                              extra_int(cfg, "val_per_class", 40),
-                              GEN_SEED + 1 + extra_int(cfg, "split_seed", 0))
+    train, val, test = _split(
+        images,
+        labels,
+        extra_int(cfg, "train_per_class", 10),
+        extra_int(cfg, "val_per_class", 40),
+        GEN_SEED + 1 + extra_int(cfg, "split_seed", 0),
+    )
     return Splits(train, val, test, tuple(str(d) for d in classes))
 
 
 def shapes(cfg: TrainConfig) -> Splits:
     images, labels = render_shapes(GEN_SEED, sum(SHAPES_PER_CLASS))
-    train, val, test = _split(images, labels, SHAPES_PER_CLASS[0], SHAPES_PER_CLASS[1], GEN_SEED + 1)
+    train, val, test = _split(
+        images, labels, SHAPES_PER_CLASS[0], SHAPES_PER_CLASS[1], GEN_SEED + 1
+    )
     return Splits(train, val, test, SHAPES)

@@ -22,7 +22,8 @@ untouched, so other users of timm in the process see no change.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from PIL import Image
 from timm.data import create_transform
@@ -57,30 +58,51 @@ def guard_posterize(transform: Any) -> Any:
     """Make every posterize op inside `transform` keep >= 1 bit (see the module docstring)."""
     for op in augment_ops(transform):
         if op.aug_fn is timm_posterize:
-            op.aug_fn = posterize_keep_one_bit  # a module-level function: still picklable for workers
+            op.aug_fn = (
+                posterize_keep_one_bit  # a module-level function: still picklable for workers
+            )
     return transform
 
 
-def build_transform(cfg: TrainConfig, data_config: dict, training: bool) -> Callable[[Image.Image], Any]:
+def build_transform(
+    cfg: TrainConfig, data_config: dict, training: bool
+) -> Callable[[Image.Image], Any]:
     """PIL image -> normalised float tensor `3 x H x W`, for training (random) or evaluation."""
     input_size = tuple(data_config["input_size"])
     if cfg.img_size is not None:
         input_size = (3, cfg.img_size, cfg.img_size)
-    common = dict(input_size=input_size, interpolation=data_config.get("interpolation", "bilinear"),
-                  mean=tuple(data_config["mean"]), std=tuple(data_config["std"]))
+    common = dict(
+        input_size=input_size,
+        interpolation=data_config.get("interpolation", "bilinear"),
+        mean=tuple(data_config["mean"]),
+        std=tuple(data_config["std"]),
+    )
     if not training:
-        return create_transform(**common, is_training=False, crop_pct=data_config.get("crop_pct"),
-                                crop_mode=data_config.get("crop_mode"))
+        return create_transform(
+            **common,
+            is_training=False,
+            crop_pct=data_config.get("crop_pct"),
+            crop_mode=data_config.get("crop_mode"),
+        )
     if cfg.aa:
         # timm skips a section without a number ("rand-mX") without a word: refuse it instead
         for section in cfg.aa.split("-")[1:]:
             if not any(ch.isdigit() for ch in section):
-                raise InputError(f"aa {cfg.aa!r} is not a valid timm auto-augment string (section "
-                                 f"{section!r} has no value, e.g. m9)")
+                raise InputError(
+                    f"aa {cfg.aa!r} is not a valid timm auto-augment string (section "
+                    f"{section!r} has no value, e.g. m9)"
+                )
     try:
-        transform = create_transform(**common, is_training=True, scale=cfg.crop_scale, hflip=cfg.hflip,
-                                     color_jitter=None, auto_augment=cfg.aa, re_prob=cfg.reprob,
-                                     re_mode=cfg.remode)
+        transform = create_transform(
+            **common,
+            is_training=True,
+            scale=cfg.crop_scale,
+            hflip=cfg.hflip,
+            color_jitter=None,
+            auto_augment=cfg.aa,
+            re_prob=cfg.reprob,
+            re_mode=cfg.remode,
+        )
     except (AssertionError, ValueError, KeyError, IndexError) as e:
         # timm parses the aa string with asserts and int(): turn its failure into one clear line.
         raise InputError(f"aa {cfg.aa!r} is not a valid timm auto-augment string ({e!r})") from e

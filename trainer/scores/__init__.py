@@ -25,6 +25,17 @@ from .features import LOGME_EPS, LOGME_PLAIN_STEPS, LOGME_RTOL, hscore, logme
 from .probes import linear_probe_accuracy, ridge_probe_accuracy
 from .source_head import leep, nce
 
-__all__ = ["LOGME_EPS", "LOGME_PLAIN_STEPS", "LOGME_RTOL", "class_means", "domain_similarity",
-           "earth_movers_distance", "hscore", "leep", "linear_probe_accuracy", "logme", "nce",
-           "ridge_probe_accuracy"]
+__all__ = [
+    "LOGME_EPS",
+    "LOGME_PLAIN_STEPS",
+    "LOGME_RTOL",
+    "class_means",
+    "domain_similarity",
+    "earth_movers_distance",
+    "hscore",
+    "leep",
+    "linear_probe_accuracy",
+    "logme",
+    "nce",
+    "ridge_probe_accuracy",
+]

@@ -32,9 +32,12 @@ def _weights(w: object, m: int, name: str) -> np.ndarray:
     return a / a.sum()
 
 
-def earth_movers_distance(source_points: np.ndarray, target_points: np.ndarray,
-                          source_weights: np.ndarray | None = None,
-                          target_weights: np.ndarray | None = None) -> float:
+def earth_movers_distance(
+    source_points: np.ndarray,
+    target_points: np.ndarray,
+    source_weights: np.ndarray | None = None,
+    target_weights: np.ndarray | None = None,
+) -> float:
     r"""Earth Mover's Distance between two weighted point sets, Euclidean ground distance.
 
     Points g_i (m x D, weights w_i) and h_j (n x D, weights v_j), each set of weights normalised to
@@ -48,7 +51,9 @@ def earth_movers_distance(source_points: np.ndarray, target_points: np.ndarray,
     g = as_features(source_points, "source_points")
     h = as_features(target_points, "target_points")
     if g.shape[1] != h.shape[1]:
-        raise InputError(f"source and target features differ in dimension: {g.shape[1]} vs {h.shape[1]}")
+        raise InputError(
+            f"source and target features differ in dimension: {g.shape[1]} vs {h.shape[1]}"
+        )
     m, n = len(g), len(h)
     w = _weights(source_weights, m, "source_weights")
     v = _weights(target_weights, n, "target_weights")
@@ -68,9 +73,13 @@ def earth_movers_distance(source_points: np.ndarray, target_points: np.ndarray,
     return float(res.fun)
 
 
-def domain_similarity(source_features: np.ndarray, target_features: np.ndarray,
-                      source_weights: np.ndarray | None = None,
-                      target_weights: np.ndarray | None = None, gamma: float = 0.01) -> float:
+def domain_similarity(
+    source_features: np.ndarray,
+    target_features: np.ndarray,
+    source_weights: np.ndarray | None = None,
+    target_weights: np.ndarray | None = None,
+    gamma: float = 0.01,
+) -> float:
     r"""Domain similarity of Cui et al. 2018: exp(-gamma * EMD(source, target)).
 
     Each domain is its class-mean features (one row per class: `class_means`), weighted by the

@@ -8,7 +8,6 @@ from scipy import optimize
 
 from .inputs import as_features, as_labels, check_samples, distinct_classes
 
-
 # LogME: the reference code's regulariser of the fixed point's denominators, and our stopping rule
 LOGME_EPS = 1e-5
 LOGME_RTOL = 1e-7  # relative change of t = alpha / beta at which the fixed point has converged
@@ -66,15 +65,16 @@ def logme(features: np.ndarray, labels: np.ndarray) -> float:
     u, sigma = u[:, :k], s[:k] ** 2
     onehot = np.eye(int(y_idx.max()) + 1)[y_idx]  # N x C
     x = u.T @ onehot  # k x C
-    x2 = x ** 2
+    x2 = x**2
     # ||y||^2 - ||x||^2 is the residual outside the column space of F: compute it without cancellation
     outside = ((onehot - u @ x) ** 2).sum(axis=0)  # C
     evidences = [_logme_class(sigma, x2[:, c], outside[c], n) for c in range(onehot.shape[1])]
     return float(np.mean(evidences))
 
 
-def _logme_terms(t: float, sigma: np.ndarray, x2: np.ndarray, outside: float
-                 ) -> tuple[float, float, float]:
+def _logme_terms(
+    t: float, sigma: np.ndarray, x2: np.ndarray, outside: float
+) -> tuple[float, float, float]:
     """(gamma, m^T m, ||F m - y||^2) at t = alpha / beta."""
     gamma = float((sigma / (t + sigma)).sum())
     m2 = float((sigma * x2 / (t + sigma) ** 2).sum())
@@ -82,8 +82,9 @@ def _logme_terms(t: float, sigma: np.ndarray, x2: np.ndarray, outside: float
     return gamma, m2, r2
 
 
-def _logme_step(t: float, sigma: np.ndarray, x2: np.ndarray, outside: float, n: int
-                ) -> tuple[float, float]:
+def _logme_step(
+    t: float, sigma: np.ndarray, x2: np.ndarray, outside: float, n: int
+) -> tuple[float, float]:
     """One fixed-point update: (alpha, beta) from t."""
     gamma, m2, r2 = _logme_terms(t, sigma, x2, outside)
     return gamma / (m2 + LOGME_EPS), (n - gamma) / (r2 + LOGME_EPS)
@@ -107,15 +108,22 @@ def _logme_class(sigma: np.ndarray, x2: np.ndarray, outside: float, n: int) -> f
         alpha, beta = _logme_limit(np.log(alpha / beta), sigma, x2, outside, n)
     t = alpha / beta
     _, m2, r2 = _logme_terms(t, sigma, x2, outside)
-    evidence = (k / 2 * np.log(alpha) + n / 2 * np.log(beta)
-                - 0.5 * np.log(alpha + beta * sigma).sum()
-                - beta / 2 * r2 - alpha / 2 * m2 - n / 2 * np.log(2 * np.pi))
+    evidence = (
+        k / 2 * np.log(alpha)
+        + n / 2 * np.log(beta)
+        - 0.5 * np.log(alpha + beta * sigma).sum()
+        - beta / 2 * r2
+        - alpha / 2 * m2
+        - n / 2 * np.log(2 * np.pi)
+    )
     return float(evidence / n)
 
 
-def _logme_limit(u0: float, sigma: np.ndarray, x2: np.ndarray, outside: float, n: int
-                 ) -> tuple[float, float]:
+def _logme_limit(
+    u0: float, sigma: np.ndarray, x2: np.ndarray, outside: float, n: int
+) -> tuple[float, float]:
     """The limit of the fixed point from log t = u0: the first root of g(u) = log t'(u) - u ahead."""
+
     def g(u: float) -> float:
         with np.errstate(all="ignore"):  # far out, alpha or beta may under/overflow: no sign then
             a, b = _logme_step(float(np.exp(u)), sigma, x2, outside, n)
@@ -174,4 +182,4 @@ def hscore(features: np.ndarray, labels: np.ndarray) -> float:
     np.add.at(means, y_idx, fc)
     means /= counts[:, None]  # mu_c - mu
     z = (means @ vh[:k].T) / s[:k]  # C x k
-    return float((counts * (z ** 2).sum(axis=1)).sum())
+    return float((counts * (z**2).sum(axis=1)).sum())

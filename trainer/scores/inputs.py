@@ -41,7 +41,9 @@ def distinct_classes(labels: np.ndarray, name: str = "labels") -> tuple[np.ndarr
     """(distinct classes, index of each sample's class among them); at least 2 classes."""
     classes, inverse = np.unique(labels, return_inverse=True)
     if len(classes) < 2:
-        raise InputError(f"{name} hold a single class ({int(classes[0])}): a score needs >= 2 classes")
+        raise InputError(
+            f"{name} hold a single class ({int(classes[0])}): a score needs >= 2 classes"
+        )
     return classes, inverse
 
 

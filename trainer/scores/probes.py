@@ -11,8 +11,9 @@ from ..config import InputError
 from .inputs import as_features, as_labels, distinct_classes
 
 
-def linear_probe_accuracy(features: np.ndarray, labels: np.ndarray, folds: int = 5,
-                          c: float = 1.0, seed: int = 0) -> float:
+def linear_probe_accuracy(
+    features: np.ndarray, labels: np.ndarray, folds: int = 5, c: float = 1.0, seed: int = 0
+) -> float:
     """Cross-validated accuracy (%) of a logistic-regression probe on the features.
 
     Stratified `folds`-fold cross-validation (shuffled with `seed`); in each fold the features are
@@ -43,8 +44,9 @@ def linear_probe_accuracy(features: np.ndarray, labels: np.ndarray, folds: int =
     return 100.0 * correct / len(f)
 
 
-def _cv_folds(features: object, labels: object, folds: int, seed: int
-              ) -> tuple[np.ndarray, np.ndarray, int, list[tuple[np.ndarray, np.ndarray]]]:
+def _cv_folds(
+    features: object, labels: object, folds: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, int, list[tuple[np.ndarray, np.ndarray]]]:
     """(features, class indices, class count, stratified shuffled folds) of a probe; `folds` is
     lowered to the smallest class's size, which must be >= 2."""
     from sklearn.model_selection import StratifiedKFold
@@ -55,14 +57,19 @@ def _cv_folds(features: object, labels: object, folds: int, seed: int
         raise InputError(f"folds must be >= 2, got {folds}")
     counts = np.bincount(y_idx)
     if counts.min() < 2:
-        raise InputError(f"class {int(classes[counts.argmin()])} has {counts.min()} sample: "
-                         f"cross-validation needs >= 2 per class")
-    splitter = StratifiedKFold(n_splits=min(folds, int(counts.min())), shuffle=True, random_state=seed)
+        raise InputError(
+            f"class {int(classes[counts.argmin()])} has {counts.min()} sample: "
+            f"cross-validation needs >= 2 per class"
+        )
+    splitter = StratifiedKFold(
+        n_splits=min(folds, int(counts.min())), shuffle=True, random_state=seed
+    )
     return f, y_idx, len(classes), list(splitter.split(f, y_idx))
 
 
-def ridge_probe_accuracy(features: np.ndarray, labels: np.ndarray, folds: int = 5,
-                         alpha: float = 1.0, seed: int = 0) -> float:
+def ridge_probe_accuracy(
+    features: np.ndarray, labels: np.ndarray, folds: int = 5, alpha: float = 1.0, seed: int = 0
+) -> float:
     """Cross-validated accuracy (%) of a ridge-regression probe: the closed-form, much cheaper
     cousin of `linear_probe_accuracy`, for probing every layer of a large model.
 

@@ -26,11 +26,15 @@ def leep(source_probs: np.ndarray, labels: np.ndarray) -> float:
     n = p.shape[0]
     y_idx = distinct_classes(as_labels(labels, n))[1]
     if (p < 0).any():
-        raise InputError("source_probs has negative entries: pass the source head's softmax, not logits")
+        raise InputError(
+            "source_probs has negative entries: pass the source head's softmax, not logits"
+        )
     sums = p.sum(axis=1)
     if np.abs(sums - 1).max() > 1e-3:
         i = int(np.abs(sums - 1).argmax())
-        raise InputError(f"source_probs rows must sum to 1 (a softmax), row {i} sums to {sums[i]:.4g}")
+        raise InputError(
+            f"source_probs rows must sum to 1 (a softmax), row {i} sums to {sums[i]:.4g}"
+        )
     joint = np.zeros((int(y_idx.max()) + 1, p.shape[1]))
     np.add.at(joint, y_idx, p)
     joint /= n
