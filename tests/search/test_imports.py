@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "nbtl_search"
 # Bottom to top: a module may import its own layer and the layers below it, never one above.
 # study/ and store/ share the bottom floor but do not know each other.
-LAYERS = [("study", "store"), ("probe",), ("run",), ("final",), ("ui",), ("", "cli", "commands")]
+LAYERS = [("study", "store"), ("probe",), ("run",), ("final",), ("ui",), ("verbs",), ("", "cli")]
 APART = {("study", "store"), ("store", "study")}
 
 
@@ -86,8 +86,7 @@ def test_the_import_graph_has_no_cycle() -> None:
     for module in MODULES:
         if module not in state:
             visit(module, [module])
-    assert GRAPH["nbtl_search.cli"] == {"nbtl_search.commands"}
-    assert "analysis" not in GRAPH["nbtl_search.commands"]
+    assert "nbtl_search.verbs" in GRAPH["nbtl_search.cli"]
 
 
 def test_the_sub_packages_import_only_downwards() -> None:
@@ -115,10 +114,22 @@ def test_each_module_imports_on_its_own(module: str) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+def test_the_cli_loads_only_the_standard_library_until_a_verb_acts() -> None:
+    """`--help` and argument errors must not wait for torch, timm or optuna."""
+    code = (
+        "import sys, nbtl_search.cli; nbtl_search.cli.build_parser(); bad = [m for m in ('torch', "
+        "'timm', 'optuna', 'pandas', 'sqlalchemy') if m in sys.modules]; print(bad); "
+        "sys.exit(1 if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_a_worker_does_not_load_the_analysis_stack() -> None:
     code = (
-        "import sys, nbtl_search.commands; bad = [m for m in ('analysis', 'pandas', 'plotly') "
-        "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+        "import sys, nbtl_search.verbs.search, nbtl_search.run.worker, nbtl_search.run.preflight; "
+        "bad = [m for m in ('analysis', 'pandas', 'plotly') if m in sys.modules]; print(bad); "
+        "sys.exit(1 if bad else 0)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
