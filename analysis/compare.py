@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +28,6 @@ from analysis.load import (
     predictions,
     read_table,
     runs,
-    sqlite_path,
 )
 
 ENSEMBLE = "ensemble"
@@ -282,20 +280,9 @@ def _bootstrap(
 def _member_predictions(
     url: str, members: pd.DataFrame
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Predictions of `members` from the database; runs of databases written before predictions
-    were stored there fall back to their `.npz` file (relative to the SQLite file's folder). A
-    run with neither is left out with a warning: only what needs it (the ensemble, the bootstrap
-    interval) is missing then."""
+    """Predictions of `members` from the database. A run without them is left out with a
+    warning: only what needs it (the ensemble, the bootstrap interval) is missing then."""
     found = predictions(url, members["id"])
-    base = sqlite_path(url)
-    root = base.parent if base is not None else Path.cwd()
-    for run_id, rel in zip(members["id"], members["predictions_path"]):
-        if int(run_id) in found or not isinstance(rel, str):
-            continue
-        path = Path(rel) if Path(rel).is_absolute() else root / rel
-        if path.is_file():
-            with np.load(path, allow_pickle=False) as npz:
-                found[int(run_id)] = (npz["probs"].astype(np.float64), npz["labels"])
     missing = sorted(int(i) for i in members["id"] if int(i) not in found)
     if missing:
         warnings.warn(

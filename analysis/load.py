@@ -33,6 +33,10 @@ RUNS = "nbtl_runs"
 EPOCHS = "nbtl_epochs"
 LADDER = "nbtl_ladder"
 PREDICTIONS = "nbtl_predictions"
+VERSION = "nbtl_schema"
+# The schema version this package reads: our copy of nbtl_search.store.schema.SCHEMA_VERSION (a
+# test checks they agree). Any nbtl-search verb upgrades an older database in place.
+SCHEMA_VERSION = 2
 LR_COLUMNS = ("lr_new", "lr_upper", "lr_lower")
 AXES = (
     "new_layers",
@@ -113,9 +117,27 @@ def connect(url: str) -> Iterator[sa.Connection]:
                 raise AnalysisError(
                     f"no nbtl tables in {display_url(url)}: run `nbtl-search run STUDY.yaml` first"
                 )
+            _check_version(conn, url)
             yield conn
     finally:
         engine.dispose()
+
+
+def _check_version(conn: sa.Connection, url: str) -> None:
+    found = 1  # the first releases wrote no version table
+    if sa.inspect(conn).has_table(VERSION):
+        found = conn.execute(sa.text(f"SELECT MAX(version) FROM {VERSION}")).scalar() or 1
+    if found < SCHEMA_VERSION:
+        raise AnalysisError(
+            f"the tables in {display_url(url)} were written by an older nbtl-search (schema "
+            f"{found}; this reads {SCHEMA_VERSION}): any nbtl-search verb upgrades them in place, "
+            "e.g. `nbtl-search status STUDY.yaml`"
+        )
+    if found > SCHEMA_VERSION:
+        raise AnalysisError(
+            f"the tables in {display_url(url)} were written by a newer nbtl-search (schema "
+            f"{found}; this reads {SCHEMA_VERSION}): upgrade nbtl-search to read them"
+        )
 
 
 def studies(url: str) -> list[str]:
@@ -157,10 +179,6 @@ def epochs(
         f"JOIN {RUNS} r ON r.id = e.run_id"
     )
     with connect(url) as conn:
-        if not sa.inspect(conn).has_table(EPOCHS):
-            raise AnalysisError(
-                f"no {EPOCHS} table in {display_url(url)}: run `nbtl-search run STUDY.yaml` first"
-            )
         df = _read(conn, sql, study, prefix="r.")
     if run_ids is not None:
         df = df[df["run_id"].isin(list(run_ids))]
@@ -171,17 +189,9 @@ def epochs(
     return df
 
 
-def has_table(url: str, table: str) -> bool:
-    with connect(url) as conn:
-        return sa.inspect(conn).has_table(table)
-
-
 def read_table(url: str, table: str, study: str | None = None) -> pd.DataFrame:
-    """A whole nbtl table (of one study), as pandas; empty if the table does not exist (a
-    database written before the table was introduced)."""
+    """A whole nbtl table (of one study), as pandas."""
     with connect(url) as conn:
-        if not sa.inspect(conn).has_table(table):
-            return pd.DataFrame()
         return _read(conn, f"SELECT * FROM {table}", study)
 
 
@@ -192,8 +202,6 @@ def predictions(url: str, run_ids: Iterable[int]) -> dict[int, tuple[np.ndarray,
     if not ids:
         return {}
     with connect(url) as conn:
-        if not sa.inspect(conn).has_table(PREDICTIONS):
-            return {}
         query = sa.text(f"SELECT run_id, npz FROM {PREDICTIONS} WHERE run_id IN :ids")
         query = query.bindparams(sa.bindparam("ids", expanding=True))
         rows = conn.execute(query, {"ids": ids}).all()

@@ -8,7 +8,6 @@ write to the same tables concurrently.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import socket
@@ -30,13 +29,14 @@ from .connection import (
     open_rdb,
     require_tables,
 )
+from .migrations import upgrade
 from .schema import (
     FINAL_OF,
     ROLES,
     RUN_STATES,
-    create_tables,
     epochs_table,
     ladder_table,
+    predictions_row,
     predictions_table,
     probe_table,
     runs_table,
@@ -62,15 +62,16 @@ class ResultStore:
 
     def __init__(self, url: str, create: bool = True) -> None:
         """`create=False` (read-only verbs): a database without nbtl's tables is a StorageError,
-        and nothing is created."""
+        and nothing is created. Either way tables written by an older nbtl-search are upgraded
+        in place (`migrations`), and a newer one's are refused."""
         check_url(url)
         if not create:
             require_tables(url, runs_table.name)
         self.url = url
         try:
             self._engine = sa.create_engine(url, **engine_kwargs(url))
+            upgrade(self._engine)
             if create:
-                create_tables(self._engine)
                 enable_wal(self._engine)
         except (sa.exc.SQLAlchemyError, ImportError) as error:
             raise StorageError(describe(url, error)) from error
@@ -157,7 +158,6 @@ class ResultStore:
         wall_s: float | None = None,
         images_per_s: float | None = None,
         error: str | None = None,
-        predictions_path: str | None = None,
     ) -> None:
         """Mark a run finished. Values left None keep the row's, except that `val_top1`,
         `best_epoch` and `epochs_run` default to what its stored epochs say: a pruned or failed
@@ -175,7 +175,6 @@ class ResultStore:
                 wall_s=_float(wall_s),
                 images_per_s=_float(images_per_s),
                 error=error,
-                predictions_path=predictions_path,
             ).items()
             if v is not None
         }
@@ -203,13 +202,9 @@ class ResultStore:
             return result.rowcount > 0
 
     def save_predictions(self, run_id: int, probs: np.ndarray, labels: np.ndarray) -> None:
-        """Store a final run's test softmax (as float16: 3 significant digits are plenty for an
-        averaged-softmax ensemble and halve the size) and labels; a rerun replaces them."""
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, probs=probs.astype(np.float16), labels=labels.astype(np.int64))
-        row = dict(
-            n_images=int(probs.shape[0]), n_classes=int(probs.shape[1]), npz=buffer.getvalue()
-        )
+        """Store a final run's test softmax and labels (`schema.predictions_row`); a rerun
+        replaces them."""
+        row = predictions_row(probs, labels)
         with self._engine.begin() as conn:
             conn.execute(predictions_table.delete().where(predictions_table.c.run_id == run_id))
             conn.execute(predictions_table.insert().values(run_id=run_id, **row))

@@ -11,6 +11,8 @@ The schema is a contract: `analysis/`, notebooks and users' own SQL read these n
   every figure can be computed by anyone who can open the URL, on any host or a copy of the file.
 - ``nbtl_probe``: the latest transferability probe of a study: per-layer and model-level scores and
   the settings they suggest, one value per row.
+- ``nbtl_schema``: one row, the version of these tables (`SCHEMA_VERSION`); `migrations` upgrades
+  an older database in place and refuses a newer one.
 
 ``config`` and ``lrs`` are JSON text (portable, and read by pandas as is); NaN metrics are
 stored as NULL; times are UTC (PostgreSQL ``timestamptz``; SQLite keeps them without offset).
@@ -18,12 +20,14 @@ stored as NULL; times are UTC (PostgreSQL ``timestamptz``; SQLite keeps them wit
 
 from __future__ import annotations
 
+import io
 from datetime import datetime, timezone
+from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 
-from .connection import is_schema_race
-
+SCHEMA_VERSION = 2  # raise it with a step in `migrations.STEPS` whenever a table changes
 RUN_STATES = ("running", "complete", "pruned", "failed")
 ROLES = ("search", "default", "rerank", "final")
 FINAL_OF = ("search", "default", "ladder")
@@ -81,7 +85,6 @@ runs_table = sa.Table(
         "source_run_id", sa.Integer
     ),  # rerank and final runs: the run whose config they rerun
     sa.Column("final_of", sa.String),  # final runs: FINAL_OF
-    sa.Column("predictions_path", sa.String),  # final runs: test softmax file
     sa.Index("ix_nbtl_runs_study_role", "study", "role"),
 )
 
@@ -142,19 +145,21 @@ predictions_table = sa.Table(
     sa.Column("run_id", sa.Integer, sa.ForeignKey("nbtl_runs.id"), primary_key=True),
     sa.Column("n_images", sa.Integer, nullable=False),
     sa.Column("n_classes", sa.Integer, nullable=False),
-    sa.Column(
-        "npz", sa.LargeBinary, nullable=False
-    ),  # np.savez_compressed: probs (float16), labels
+    # np.savez_compressed: probs (float16), labels (`predictions_row`)
+    sa.Column("npz", sa.LargeBinary, nullable=False),
+)
+
+version_table = sa.Table(
+    "nbtl_schema",
+    metadata,
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("upgraded_at", UTCDateTime, nullable=False),
 )
 
 
-def create_tables(engine: sa.Engine, attempts: int = 8) -> None:
-    # Several workers may open a fresh database together: the loser of a CREATE TABLE race gets
-    # "already exists" (or PostgreSQL's duplicate pg_type key); the re-check then finds the table.
-    for attempt in range(attempts):
-        try:
-            metadata.create_all(engine, checkfirst=True)
-            return
-        except sa.exc.SQLAlchemyError as error:
-            if attempt + 1 == attempts or not is_schema_race(error):
-                raise
+def predictions_row(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """A `nbtl_predictions` row's values: the softmax as float16 (3 significant digits are plenty
+    for an averaged-softmax ensemble and halve the size) and the labels, compressed."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, probs=probs.astype(np.float16), labels=labels.astype(np.int64))
+    return dict(n_images=int(probs.shape[0]), n_classes=int(probs.shape[1]), npz=buffer.getvalue())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import optuna
-import sqlalchemy as sa
 from optuna.trial import FrozenTrial, TrialState
 from rich.table import Table
 
@@ -63,8 +62,6 @@ def _probe_lines(spec: StudySpec, url: str) -> list[str]:
         return []
     try:
         rows = store.probe(spec.name)
-    except sa.exc.SQLAlchemyError:  # a database written before the probe table existed
-        return []
     finally:
         store.close()
     if not rows:

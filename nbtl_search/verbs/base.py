@@ -77,6 +77,15 @@ def resolve_url(given: str | None, fallback: str) -> str:
     return url
 
 
+def upgraded(url: str) -> str:
+    """`url` after its tables are brought to this version's schema (`store.migrations`), for the
+    verbs that hand it to `analysis`, which only reads; a database with no study is refused."""
+    from nbtl_search.store.results import ResultStore
+
+    ResultStore(url, create=False).close()
+    return url
+
+
 def default_device() -> str:
     import torch
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .base import Verb, console, number, study_and_url
+from .base import Verb, console, number, study_and_url, upgraded
 
 
 class Status(Verb):
@@ -44,6 +44,7 @@ class Export(Verb):
         import analysis
 
         spec, url = study_and_url(args)
+        url = upgraded(url)
         out = Path(args.out)
         runs, epochs = analysis.runs(url, spec.name), analysis.epochs(url, spec.name)
         out.mkdir(parents=True, exist_ok=True)
@@ -72,6 +73,7 @@ class Report(Verb):
         from trainer import InputError
 
         spec, url = study_and_url(args)
+        url = upgraded(url)
         reference = {}
         for item in args.reference:
             name, _, value = item.rpartition("=")

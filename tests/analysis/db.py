@@ -1,8 +1,7 @@
 """A hand-made nbtl database with known values, for the analysis tests (and anyone reusing it).
 
 `build(folder)` writes `folder/nbtl.db` holding study `STUDY` (plus a distractor study `OTHER`):
-nbtl's tables with the orchestrator's exact column names (`test_schema.py` checks them against the
-real ones), per-epoch rows, re-ranking runs, a ladder, final runs with their test predictions in
+nbtl's own tables (`nbtl_search.store.schema`, at its current version), per-epoch rows, re-ranking runs, a ladder, final runs with their test predictions in
 `nbtl_predictions`, and two small Optuna studies (`STUDY`, `STUDY.default`). `variant()` copies it
 with some SQL applied. `EXPECTED` lists the numbers `analysis.compare` and `analysis.ladder` must
 find, worked out by hand in the comments.
@@ -15,96 +14,18 @@ import io
 import json
 import shutil
 import sqlite3
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
 import optuna
 import sqlalchemy as sa
 
+from nbtl_search.store import migrations, schema
+from tests.analysis import legacy_v1
+
 STUDY = "demo"
 OTHER = "other"
-
-metadata = sa.MetaData()
-runs_table = sa.Table(
-    "nbtl_runs",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("study", sa.String, nullable=False),
-    sa.Column("role", sa.String, nullable=False),
-    sa.Column("trial_number", sa.Integer),
-    sa.Column("dataset", sa.String, nullable=False),
-    sa.Column("model", sa.String, nullable=False),
-    sa.Column("config", sa.Text, nullable=False),
-    sa.Column("config_hash", sa.String, nullable=False),
-    sa.Column("seed", sa.Integer, nullable=False),
-    sa.Column("state", sa.String, nullable=False),
-    sa.Column("val_top1", sa.Float),
-    sa.Column("best_epoch", sa.Integer),
-    sa.Column("epochs_run", sa.Integer, nullable=False),
-    sa.Column("test_top1", sa.Float),
-    sa.Column("test_top5", sa.Float),
-    sa.Column("wall_s", sa.Float),
-    sa.Column("images_per_s", sa.Float),
-    sa.Column("device", sa.String, nullable=False),
-    sa.Column("host", sa.String, nullable=False),
-    sa.Column("error", sa.Text),
-    sa.Column("started_at", sa.DateTime, nullable=False),
-    sa.Column("finished_at", sa.DateTime),
-    sa.Column("source_run_id", sa.Integer),
-    sa.Column("final_of", sa.String),
-    sa.Column("predictions_path", sa.String),
-)
-epochs_table = sa.Table(
-    "nbtl_epochs",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("run_id", sa.Integer, sa.ForeignKey("nbtl_runs.id"), nullable=False),
-    sa.Column("epoch", sa.Integer, nullable=False),
-    sa.Column("train_loss", sa.Float),
-    sa.Column("val_loss", sa.Float),
-    sa.Column("val_top1", sa.Float),
-    sa.Column("val_top5", sa.Float),
-    sa.Column("lrs", sa.Text, nullable=False),
-    sa.Column("penalty", sa.Float),
-    sa.Column("seconds", sa.Float),
-)
-ladder_table = sa.Table(
-    "nbtl_ladder",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("study", sa.String, nullable=False),
-    sa.Column("position", sa.Integer, nullable=False),
-    sa.Column("rung", sa.String, nullable=False),
-    sa.Column("adds", sa.Text, nullable=False),
-    sa.Column("config", sa.Text, nullable=False),
-    sa.Column("config_hash", sa.String, nullable=False),
-    sa.Column("source_run_id", sa.Integer),
-    sa.Column("val_top1", sa.Float),
-    sa.Column("val_mean", sa.Float),
-    sa.Column("val_n", sa.Integer),
-    sa.Column("notes", sa.Text, nullable=False),
-    sa.Column("created_at", sa.DateTime, nullable=False),
-)
-probe_table = sa.Table(
-    "nbtl_probe",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("study", sa.String, nullable=False),
-    sa.Column("layer", sa.Integer),
-    sa.Column("layer_name", sa.String),
-    sa.Column("score", sa.String, nullable=False),
-    sa.Column("value", sa.Float),
-    sa.Column("created_at", sa.DateTime, nullable=False),
-)
-predictions_table = sa.Table(
-    "nbtl_predictions",
-    metadata,
-    sa.Column("run_id", sa.Integer, sa.ForeignKey("nbtl_runs.id"), primary_key=True),
-    sa.Column("n_images", sa.Integer, nullable=False),
-    sa.Column("n_classes", sa.Integer, nullable=False),
-    sa.Column("npz", sa.LargeBinary, nullable=False),
-)
 
 # (id, role, trial_number, new_layers, lrs, l2sp_rates, state, val_top1)
 SEARCH_AND_DEFAULT = [
@@ -257,14 +178,20 @@ def npz(probs: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def build(folder: Path) -> str:
-    """Write the database under `folder`; return its SQLite URL."""
+def build(folder: Path, version: int = schema.SCHEMA_VERSION) -> str:
+    """Write the database under `folder`; return its SQLite URL. `version=1`: the same values in
+    the tables of the first releases (`legacy_v1`), with the optimum's test predictions in files
+    named by `predictions_path` instead of `nbtl_predictions`, as those releases could leave them."""
     folder.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{folder / 'nbtl.db'}"
     _optuna_studies(url)
     engine = sa.create_engine(url)
-    metadata.create_all(engine)
-    t0 = datetime(2025, 1, 1, 12, 0, 0)
+    tables = legacy_v1 if version == 1 else schema
+    if version == 1:
+        legacy_v1.metadata.create_all(engine)
+    else:
+        migrations.upgrade(engine)
+    t0 = datetime(2025, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
     rows, epoch_rows, by_id = [], [], {}
     for rid, role, trial, nl, lrs, l2sp, state, val in SEARCH_AND_DEFAULT:
         cfg = config(nl, lrs, l2sp)
@@ -322,7 +249,12 @@ def build(folder: Path) -> str:
             "source_run_id": dict((r, s) for r, s, *_ in LADDER)[rung],
         }
         rows.append(row)
-        if state == "complete":
+        if state == "complete" and version == 1 and final_of == "search":
+            path = folder / "preds" / f"run{rid}.npz"
+            path.parent.mkdir(exist_ok=True)
+            np.savez(path, probs=predictions(rid, RIGHT[final_of]), labels=labels())
+            row["predictions_path"] = f"preds/run{rid}.npz"
+        elif state == "complete":
             prediction_rows.append(
                 {
                     "run_id": rid,
@@ -332,13 +264,15 @@ def build(folder: Path) -> str:
                 }
             )
     rows.append(_run(100, OTHER, "search", 0, config(2, [0.1], [0.0]), "complete", 99.0, t0))
+    if version != 1:
+        rows = [{k: v for k, v in r.items() if k != "predictions_path"} for r in rows]
     with engine.begin() as conn:
-        conn.execute(runs_table.insert(), rows)
-        conn.execute(epochs_table.insert(), epoch_rows)
-        conn.execute(ladder_table.insert(), ladder_rows)
-        conn.execute(predictions_table.insert(), prediction_rows)
+        conn.execute(tables.runs_table.insert(), rows)
+        conn.execute(tables.epochs_table.insert(), epoch_rows)
+        conn.execute(tables.ladder_table.insert(), ladder_rows)
+        conn.execute(tables.predictions_table.insert(), prediction_rows)
         conn.execute(
-            probe_table.insert(),
+            tables.probe_table.insert(),
             [
                 {
                     "study": STUDY,

@@ -199,28 +199,11 @@ def test_missing_predictions_degrade_only_what_needs_them(built: Path, tmp_path:
     assert row["ci_low"] > 0 and row["verdict"] == "gain"  # the seeds alone still decide
 
 
-def test_older_databases_read_their_prediction_files(built: Path, tmp_path: Path) -> None:
-    url = variant(
-        built,
-        tmp_path / "v",
-        "DROP TABLE nbtl_predictions",
-        "UPDATE nbtl_runs SET predictions_path = 'preds/run' || id || '.npz' "
-        "WHERE id IN (20, 21, 22)",
-    )
-    (tmp_path / "v" / "preds").mkdir()
-    for rid in (20, 21, 22):
-        probs, labels = db.stored_predictions(rid)
-        np.savez(tmp_path / "v" / "preds" / f"run{rid}.npz", probs=probs, labels=labels)
-    with pytest.warns(AnalysisWarning):  # the default's models have neither: no bootstrap
-        row = analysis.compare(url, db.STUDY).iloc[0]
-    assert row["ensemble_test_top1"] == pytest.approx(by_hand(db.ENSEMBLE))
-
-
 def test_probe_reads_layers_and_the_suggestion(url: str, built: Path, tmp_path: Path) -> None:
     table = analysis.probe(url, db.STUDY)
     assert list(table["layer"]) == [2, 3] and list(table["fit"]) == [30.0, 15.0]
     assert analysis.probe_summary(url, db.STUDY) == {"logme": -0.5, "suggested.new_layers": 1.0}
-    bare = variant(built, tmp_path / "v", "DROP TABLE nbtl_probe")  # a database from before
+    bare = variant(built, tmp_path / "v", "DELETE FROM nbtl_probe")  # no probe has run
     with pytest.raises(AnalysisError, match="no probe yet: run `nbtl-search probe"):
         analysis.probe(bare, db.STUDY)
 

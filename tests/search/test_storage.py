@@ -104,6 +104,65 @@ def test_workers_opening_a_fresh_database_together_all_start(storage_url: str) -
     assert optuna.get_all_study_names(open_rdb(storage_url, heartbeat=False)) == ["race"]
 
 
+def _open_store(url: str, barrier) -> None:
+    barrier.wait(timeout=60)
+    ResultStore(url).close()
+
+
+def test_workers_opening_an_older_database_together_upgrade_it_once(
+    storage_url: str, tmp_path
+) -> None:
+    """A database of the first releases (schema 1), opened by six workers at the same moment:
+    every worker starts, the prediction file is read in exactly once, the version is current."""
+    import json
+    from datetime import datetime, timezone
+
+    import numpy as np
+
+    from nbtl_search.store import migrations, schema
+    from tests.analysis import legacy_v1
+
+    engine = sa.create_engine(storage_url)
+    legacy_v1.metadata.create_all(engine)
+    probs = np.full((3, 2), 0.5, dtype=np.float32)
+    np.savez(tmp_path / "run1.npz", probs=probs, labels=np.array([0, 1, 1]))
+    now = datetime.now(timezone.utc)
+    with engine.begin() as conn:
+        conn.execute(
+            legacy_v1.runs_table.insert().values(
+                id=1,
+                study="s",
+                role="final",
+                dataset="digits",
+                model="m",
+                config=json.dumps({}),
+                config_hash="h",
+                seed=0,
+                state="complete",
+                epochs_run=1,
+                device="cpu",
+                host="h",
+                started_at=now,
+                predictions_path=str(tmp_path / "run1.npz"),
+            )
+        )
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(6)
+    procs = [ctx.Process(target=_open_store, args=(storage_url, barrier)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    try:
+        assert [p.exitcode for p in procs] == [0] * 6
+        with engine.connect() as conn:
+            assert migrations.version(conn) == schema.SCHEMA_VERSION
+            assert conn.execute(sa.text("SELECT count(*) FROM nbtl_schema")).scalar() == 1
+            assert conn.execute(sa.text("SELECT run_id FROM nbtl_predictions")).all() == [(1,)]
+    finally:
+        engine.dispose()
+
+
 def test_read_only_opening_creates_nothing(tmp_path, storage_url: str) -> None:
     missing = f"sqlite:///{tmp_path / 'nope.db'}"
     for opener in (
