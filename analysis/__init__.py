@@ -1,7 +1,8 @@
 """Analysis of nbtl-search studies, read from the study database only.
 
 The schema (`nbtl_runs`, `nbtl_epochs` and Optuna's own tables) is the contract: this package never
-imports `trainer` or `nbtl_search`.
+imports `nbtl_search`, torch, timm or optuna; from `trainer` it reads only the torch-free
+vocabulary of per-part values (`trainer.per_part`).
 
     import analysis
     analysis.runs("sqlite:///nbtl.db", "demo_digits")      # one row per run, config flattened

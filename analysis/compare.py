@@ -10,7 +10,6 @@ its `config_hash`.
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from typing import Any
@@ -29,9 +28,9 @@ from analysis.load import (
     read_table,
     runs,
 )
+from trainer import per_part
 
 ENSEMBLE = "ensemble"
-_PER_PART = ("lrs", "l2sp_rates", "l2_rates")
 
 
 def compare(url: str, study: str) -> pd.DataFrame:
@@ -206,8 +205,8 @@ def differences(before: dict[str, Any], after: dict[str, Any]) -> str:
     out = []
     for key in sorted((set(before) | set(after)) - NOT_SETTINGS):
         a, b = before.get(key), after.get(key)
-        if _normal(key, a) != _normal(key, b):
-            out.append(f"{key}: {_show(a)} -> {_show(b)}")
+        if per_part.normal(key, a) != per_part.normal(key, b):
+            out.append(f"{key}: {per_part.show(a)} -> {per_part.show(b)}")
     return "; ".join(out)
 
 
@@ -316,22 +315,3 @@ def _ensemble_or_nan(url: str, df: pd.DataFrame) -> tuple[float, int]:
 
 def _float(value: Any) -> float:
     return math.nan if value is None or pd.isna(value) else float(value)
-
-
-def _normal(key: str, value: Any) -> Any:
-    # [0.1] and [0.1, 0.1, 0.1] are the same setting (one value = every part).
-    if key in _PER_PART and isinstance(value, list) and len(value) == 1:
-        return [float(value[0])] * 3
-    if isinstance(value, list):
-        return [float(v) if isinstance(v, (int, float)) else v for v in value]
-    if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True)
-    return value
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_show(v) for v in value) + "]"
-    return "unset" if value is None else str(value)

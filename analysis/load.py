@@ -1,15 +1,18 @@
 """Read nbtl's tables (`nbtl_runs`, `nbtl_epochs`) from a storage URL into pandas.
 
 The table and column names are the contract with the orchestrator that writes them; nothing here
-imports `trainer` or `nbtl_search`.
+imports `nbtl_search`, torch, timm or optuna. The one thing shared with the trainer is its
+torch-free vocabulary of per-part values (`trainer.per_part`), so a config reads here exactly as it
+trained.
 
 `runs()` flattens each run's JSON `config` into columns:
 
 - the search axes get short, unprefixed columns, with the 1-or-3 lists expanded per part
-  `[new, upper, lower]` (one value = the same for every part): `new_layers`, `num_low`,
-  `lr_new`, `lr_upper`, `lr_lower`; `l2sp_upper`, `l2sp_lower` (towards the pre-trained weights);
-  `l2_new`, `l2_upper`, `l2_lower` (towards zero; `l2_new` adds the new part's entry of
-  `l2sp_rates`, which also pulls towards zero since new layers have no pre-trained weights);
+  `[new, upper, lower]` (one value = the same for every part; `trainer.per_part.flat`):
+  `new_layers`, `num_low`, `lr_new`, `lr_upper`, `lr_lower`; `l2sp_upper`, `l2sp_lower` (towards
+  the pre-trained weights); `l2_new`, `l2_upper`, `l2_lower` (towards zero; `l2_new` adds the new
+  part's entry of `l2sp_rates`, which also pulls towards zero since new layers have no pre-trained
+  weights);
 - every config key `k` is also kept verbatim as `cfg_k` (lists as tuples, dicts as JSON text), so
   `cfg_weight_decay`, `cfg_mixup`, `cfg_aa`, `cfg_lrs`, ... never collide with the run's own
   columns (`seed`, `dataset`, `model`, ...).
@@ -29,6 +32,8 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from trainer import per_part
+
 RUNS = "nbtl_runs"
 EPOCHS = "nbtl_epochs"
 LADDER = "nbtl_ladder"
@@ -37,17 +42,8 @@ VERSION = "nbtl_schema"
 # The schema version this package reads: our copy of nbtl_search.store.schema.SCHEMA_VERSION (a
 # test checks they agree). Any nbtl-search verb upgrades an older database in place.
 SCHEMA_VERSION = 2
-LR_COLUMNS = ("lr_new", "lr_upper", "lr_lower")
-AXES = (
-    "new_layers",
-    "num_low",
-    *LR_COLUMNS,
-    "l2sp_upper",
-    "l2sp_lower",
-    "l2_new",
-    "l2_upper",
-    "l2_lower",
-)
+LR_COLUMNS = per_part.PART_AXES["lrs"]
+AXES = ("new_layers", "num_low", *per_part.FLAT_AXES)
 # Config keys that say where or how a run executed, or on which split, not what it trained:
 # never "a setting that differs". Our own copy of the orchestrator's rule (the field roles
 # location, seed, execution, evaluation and test in trainer/config.py); a test checks they agree.
@@ -183,9 +179,9 @@ def epochs(
     if run_ids is not None:
         df = df[df["run_id"].isin(list(run_ids))]
     df = df.sort_values(["run_id", "epoch"], ignore_index=True)
-    parts = [_parts(parse_json(v)) for v in df["lrs"]]
-    for i, col in enumerate(LR_COLUMNS):
-        df[col] = [p[i] for p in parts]
+    parts = [per_part.flat({"lrs": parse_json(v)}) for v in df["lrs"]]
+    for col in LR_COLUMNS:
+        df[col] = [p[col] for p in parts]
     return df
 
 
@@ -229,16 +225,6 @@ def parse_json(text: Any) -> Any:
     return json.loads(text)
 
 
-def _parts(values: Any) -> tuple[float, float, float]:
-    """[new, upper, lower] from a 1-or-3 list (one value = every part); NaNs if malformed."""
-    if isinstance(values, (int, float)):
-        values = [values]
-    if not isinstance(values, (list, tuple)) or len(values) not in (1, 3):
-        return (math.nan,) * 3
-    v = [float(x) for x in values]
-    return (v[0],) * 3 if len(v) == 1 else (v[0], v[1], v[2])
-
-
 def _cell(value: Any) -> Any:
     if isinstance(value, list):
         return tuple(value)
@@ -257,14 +243,9 @@ def _flatten(df: pd.DataFrame) -> pd.DataFrame:
         configs.append(cfg)
     for key in ("new_layers", "num_low"):
         df[key] = pd.array([c.get(key) for c in configs], dtype="Int64")
-    lrs = [_parts(c.get("lrs")) for c in configs]
-    sp = [_parts(c.get("l2sp_rates", 0.0)) for c in configs]
-    l2 = [_parts(c.get("l2_rates", 0.0)) for c in configs]  # absent from older configs: 0
-    for i, col in enumerate(LR_COLUMNS):
-        df[col] = [p[i] for p in lrs]
-    df["l2sp_upper"], df["l2sp_lower"] = [p[1] for p in sp], [p[2] for p in sp]
-    df["l2_new"] = [a[0] + b[0] for a, b in zip(sp, l2)]
-    df["l2_upper"], df["l2_lower"] = [p[1] for p in l2], [p[2] for p in l2]
+    flat = [per_part.flat(c) for c in configs]
+    for col in per_part.FLAT_AXES:
+        df[col] = [f[col] for f in flat]
     keys = sorted({k for c in configs for k in c})
     extra = pd.DataFrame(
         {f"cfg_{k}": [_cell(c.get(k)) for c in configs] for k in keys}, index=df.index

@@ -29,6 +29,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import per_part
+
 
 class InputError(ValueError):
     """Bad user input (config, data layout, checkpoint): reported as one line, exit code 2."""
@@ -147,7 +149,7 @@ class TrainConfig:
     extra: dict[str, Any] = _f(dict, "data", factory=True)  # dataset options
 
     def __post_init__(self) -> None:
-        for name in ("lrs", "l2sp_rates", "l2_rates", "crop_scale"):
+        for name in (*per_part.VECTORS, "crop_scale"):
             value = getattr(self, name)
             if isinstance(value, (int, float)):
                 value = (float(value),)
@@ -156,13 +158,13 @@ class TrainConfig:
 
     # --- derived ---
     def part_lrs(self) -> tuple[float, float, float]:
-        return _expand("lrs", self.lrs)
+        return per_part.expand(self.lrs)
 
     def part_l2sp(self) -> tuple[float, float, float]:
-        return _expand("l2sp_rates", self.l2sp_rates)
+        return per_part.expand(self.l2sp_rates)
 
     def part_l2(self) -> tuple[float, float, float]:
-        return _expand("l2_rates", self.l2_rates)
+        return per_part.expand(self.l2_rates)
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -195,12 +197,6 @@ def fields_with_role(*roles: str) -> tuple[str, ...]:
 def field_flag(name: str, flag: str) -> bool:
     """A field's `binary`, `vector` or `searchable` flag."""
     return TrainConfig.__dataclass_fields__[name].metadata[flag]
-
-
-def _expand(name: str, values: tuple[float, ...]) -> tuple[float, float, float]:
-    if len(values) == 1:
-        return (values[0],) * 3
-    return values  # type: ignore[return-value]  # length checked in _check
 
 
 def _check(c: TrainConfig) -> None:

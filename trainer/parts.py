@@ -23,9 +23,7 @@ from torch import nn
 
 from trainer.config import InputError
 from trainer.layers import Layer, check_new_layers
-
-PARTS = ("new", "upper", "lower")
-KINDS = ("weight", "norm", "bias")
+from trainer.per_part import PARTS
 
 _NORM_TYPES = (
     nn.modules.batchnorm._NormBase,

@@ -72,7 +72,6 @@ class ProbeFeatures:
     source_probs: np.ndarray | None  # N x C_source float32 softmax of the source head, or None
     source_head: str  # where the source head came from, or why there is none
     seconds: float  # wall time of the inference pass (loading, transforming, forward, pooling)
-    total_seconds: float  # wall time of the whole call: data, model, source head and the pass
 
     def layer(self, index: int) -> LayerFeatures:
         return self.layers[index - 1]
@@ -106,7 +105,6 @@ def _random_state_kept() -> Iterator[None]:
 def _probe(cfg: TrainConfig, max_images: int | None) -> ProbeFeatures:
     from .setup import resolve_device
 
-    started = time.perf_counter()
     if max_images is not None and max_images < 1:
         raise InputError(f"max_images must be >= 1, got {max_images}")
     device = resolve_device(cfg.device)
@@ -157,7 +155,6 @@ def _probe(cfg: TrainConfig, max_images: int | None) -> ProbeFeatures:
         source_probs=probs,
         source_head=head_note,
         seconds=seconds,
-        total_seconds=time.perf_counter() - started,
     )
 
 

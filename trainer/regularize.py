@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from trainer import per_part
 from trainer.config import InputError
 from trainer.parts import PARTS, is_regularised, param_kinds
 
@@ -68,9 +69,8 @@ class L2SP:
             if p.requires_grad and is_regularised(kinds[n], reg_bn, reg_bias)
         ]
         self.terms: list[_PartTerm] = []
-        for part, sp, l2 in zip(PARTS, self.rates, self.l2_rates):
-            if part == "new":
-                sp, l2 = 0.0, sp + l2  # nothing to pull towards but zero
+        towards_w0, towards_zero = per_part.effective_rates(self.rates, self.l2_rates)
+        for part, sp, l2 in zip(PARTS, towards_w0, towards_zero):
             if sp == 0 and l2 == 0:
                 continue  # a zero rate costs nothing: no reference copy, no kernels
             members = [(n, p) for n, p in named if part_of.get(n) == part]

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nbtl_search.store.results import HASH_EXCLUDED
+from trainer import per_part
 from trainer.config import TRANSFER_ROLES, fields_with_role
 
 RUNG_NAMES = {"layers": "+ layers", "lrs": "+ learning rates", "regularisation": "+ regularisation"}
@@ -98,27 +99,9 @@ def _take(
 ) -> tuple[dict[str, Any], str]:
     out, changed = dict(current), []
     for key in keys:
-        if key in optimum and _normal(key, out.get(key)) != _normal(key, optimum[key]):
-            changed.append(f"{key} {_show(out.get(key))} -> {_show(optimum[key])}")
+        if key in optimum and per_part.normal(key, out.get(key)) != per_part.normal(
+            key, optimum[key]
+        ):
+            changed.append(f"{key} {per_part.show(out.get(key))} -> {per_part.show(optimum[key])}")
             out[key] = optimum[key]
     return out, "; ".join(changed)
-
-
-def _normal(key: str, value: Any) -> Any:
-    # [0.1] and [0.1, 0.1, 0.1] are the same per-part setting (one value = every part)
-    if isinstance(value, (list, tuple)):
-        values = [float(v) if isinstance(v, (int, float)) else v for v in value]
-        return (
-            values * 3 if len(values) == 1 and key in ("lrs", "l2sp_rates", "l2_rates") else values
-        )
-    return (
-        float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-    )
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_show(v) for v in value) + "]"
-    return "unset" if value is None else str(value)

@@ -127,7 +127,7 @@ def launch(
         _stop_all(study, url, procs)
         raise
     counts = Counter(t.state for t in study.get_trials(deepcopy=False))
-    console.print(_summary(study, counts, role.budget(spec, budget)))
+    console.print(_summary(study, counts))
     return crashed
 
 
@@ -255,7 +255,7 @@ def _best(study: optuna.Study) -> str:
         return "-"
 
 
-def _summary(study: optuna.Study, counts: Counter, target: int) -> str:
+def _summary(study: optuna.Study, counts: Counter) -> str:
     S = TrialState
     return (
         f"{study.study_name}: {counts[S.COMPLETE]} complete, {counts[S.PRUNED]} pruned, "

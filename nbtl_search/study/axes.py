@@ -1,15 +1,9 @@
 """The search axes of a study file, and how axis values become `TrainConfig` fields.
 
 An axis is a searchable TrainConfig field (`new_layers`, `num_low`, `weight_decay`, `mixup`, `aa`,
-`reprob`, `smoothing`, ...) or a rate axis; rate axes assemble TrainConfig's per-part vectors,
-indexed [new, upper, lower]:
-
-    lrs        = (lr,)    or  (lr_new, lr_upper, lr_lower)
-    l2sp_rates = (l2sp,)  or  (0, l2sp_upper, l2sp_lower)     towards the pre-trained weights
-    l2_rates   =              (l2_new, l2_upper, l2_lower)    towards zero
-
-A missing per-part rate is 0. (`l2sp` alone pulls every part, the new one towards zero since it has
-no pre-trained weights.) So L2-SP on the lower layers with L2 on the upper ones, the paper's
+`reprob`, `smoothing`, ...) or a rate axis (`lr`, `lr_new`, ..., `l2sp_upper`, `l2_new`, ...); rate
+axes assemble TrainConfig's per-part vectors [new, upper, lower] as `trainer.per_part` says, a
+missing per-part rate being 0. So L2-SP on the lower layers with L2 on the upper ones, the paper's
 combination, is `l2sp_lower` + `l2_upper`. Each axis is fixed (a plain value) or a distribution in
 Optuna's short form `{type: float|int|categorical, low, high, log, step, choices}`.
 
@@ -31,20 +25,14 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+from trainer import per_part
 from trainer.config import InputError, TrainConfig, field_flag, fields_with_role
 
 from .checks import FIELD_HINTS, SpecError, check_keys, check_type, describe, mapping
 
-PART_LRS = ("lr_new", "lr_upper", "lr_lower")  # in TrainConfig's order: new, upper, lower
-PART_L2SP = ("l2sp_upper", "l2sp_lower")
-PART_L2 = ("l2_new", "l2_upper", "l2_lower")
-RATE_AXES = {
-    "lr": "lrs",
-    "l2sp": "l2sp_rates",
-    **dict.fromkeys(PART_LRS, "lrs"),
-    **dict.fromkeys(PART_L2SP, "l2sp_rates"),
-    **dict.fromkeys(PART_L2, "l2_rates"),
-}
+PART_LRS = per_part.PART_AXES["lrs"]  # in TrainConfig's order: new, upper, lower
+PART_L2SP = per_part.PART_AXES["l2sp_rates"]
+RATE_AXES = per_part.RATE_AXES
 
 _WHY_NOT = {
     "data": "set it in the dataset section",
@@ -263,37 +251,17 @@ def grid_points(axes: dict[str, Axis]) -> list[dict[str, Any]]:
 
 
 def fields_from_values(values: dict[str, Any]) -> dict[str, Any]:
-    """Axis values -> TrainConfig keyword arguments (rate axes assembled into the part vectors)."""
+    """Axis values -> TrainConfig keyword arguments (rate axes assembled into the part vectors,
+    `trainer.per_part.vectors_from_axes`)."""
     out = {k: v for k, v in values.items() if k not in RATE_AXES}
-    if "lr" in values:
-        out["lrs"] = (values["lr"],)
-    elif "lr_new" in values:
-        out["lrs"] = tuple(values[n] for n in PART_LRS)
-    if "l2sp" in values:
-        out["l2sp_rates"] = (values["l2sp"],)
-    elif any(n in values for n in PART_L2SP):
-        out["l2sp_rates"] = (0.0, *(values.get(n, 0.0) for n in PART_L2SP))
-    if any(n in values for n in PART_L2):
-        out["l2_rates"] = tuple(values.get(n, 0.0) for n in PART_L2)
-    return out
+    return {**out, **per_part.vectors_from_axes(values)}
 
 
 def values_from_fields(fields: dict[str, Any]) -> dict[str, Any]:
     """TrainConfig fields -> axis values, the inverse of `fields_from_values`, in every form a study
     can search: the per-part rates, and `lr` / `l2sp` as the new / upper part's value."""
-    out = {k: v for k, v in fields.items() if k not in _VECTOR_AXES}
-    parts = {
-        name: tuple(v) * 3 if len(v) == 1 else tuple(v)
-        for name, v in fields.items()
-        if name in _VECTOR_AXES
-    }
-    if "lrs" in parts:
-        out.update(zip(PART_LRS, parts["lrs"]), lr=parts["lrs"][0])
-    if "l2sp_rates" in parts:
-        out.update(zip(PART_L2SP, parts["l2sp_rates"][1:]), l2sp=parts["l2sp_rates"][1])
-    if "l2_rates" in parts:
-        out.update(zip(PART_L2, parts["l2_rates"]))
-    return out
+    out = {k: v for k, v in fields.items() if k not in per_part.VECTORS}
+    return {**out, **per_part.axes_from_vectors(fields)}
 
 
 def axis_values(axes: dict[str, Axis], params: dict[str, Any]) -> dict[str, Any]:

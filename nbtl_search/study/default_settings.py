@@ -32,7 +32,7 @@ from typing import Any
 
 from trainer.config import InputError, TrainConfig, field_flag, fields_with_role
 
-from .checks import FIELD_HINTS, SpecError, check_type, describe, is_number, mapping
+from .checks import FIELD_HINTS, SpecError, check_type, mapping
 
 DEFAULT_LRS = (0.001, 0.003, 0.01, 0.03)  # the baseline grid when default_settings gives no lr
 DEFAULT_EXTEND = 2  # points the baseline may add past the edge of its lr grid
@@ -179,9 +179,3 @@ def extension(
 
 def _same_except_lr(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return all(a.get(k) == v for k, v in b.items() if k != "lr")
-
-
-def describe_point(point: dict[str, Any]) -> str:
-    return ", ".join(
-        f"{k}={v:g}" if is_number(v) else f"{k}={describe(v)}" for k, v in point.items()
-    )

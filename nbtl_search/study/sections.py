@@ -118,10 +118,3 @@ def parse_knobs(data: dict, name: str) -> Any:
         kind = values.get("type", fields["type"].default)
         check_keys(name, raw, keys_by_type[kind], what=f"key for type {kind}")
     return cls(**values)
-
-
-def check_bound(what: str, value: int | float | None, cls: type, name: str) -> None:
-    """Check a CLI override of knob `cls.name` against the same bound as the study file."""
-    low = {f.name: f for f in dataclasses.fields(cls)}[name].metadata.get("low")
-    if value is not None and low is not None and value < low:
-        raise SpecError(f"{what} must be >= {low:g}, got {value:g}")

@@ -65,7 +65,7 @@ def test_one_feature_matrix_per_layer(cfg: TrainConfig) -> None:
         assert layer.features.shape == (50, DIMS[layer.name]) and layer.features.dtype == np.float32
         assert np.isfinite(layer.features).all()
     assert probe.layer(2).name == "layer4"
-    assert 0 < probe.seconds <= probe.total_seconds
+    assert probe.seconds > 0
 
 
 def test_features_equal_a_direct_forward_pass(cfg: TrainConfig, source_ckpt: Path) -> None:
