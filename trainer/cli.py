@@ -9,16 +9,27 @@ import argparse
 import os
 import sys
 
-from .config import InputError, TrainConfig
+from .config import PAPER_L2SP, TRAIN_INTERPOLATIONS, InputError, TrainConfig
 from .report import Decision, EpochMetrics
 
 DIFFERENCES = """\
 where the flags differ from the original (timm 0.4 train.py fork) code:
-  --L2SP_rates  is honoured: 1 rate for every part or 3 (new, upper, lower); the new part's rate
-                pulls towards zero (L2), the others towards the pre-trained weights (L2-SP). --L2SP
-                is accepted for the seed's scripts; the rates alone decide (0 = off).
+  --L2SP        alone is the original's fixed structure: L2-SP 0.02 on the lower part (its first
+                tensor x2), L2 5e-4 on the upper and new parts, norm parameters left out, other
+                biases in (needs --num-lowlrs >= 1, as there). With --L2SP_rates the rates decide.
+  --L2SP_rates  is honoured (the original parsed and ignored it): 1 rate for every part or 3 (new,
+                upper, lower); the new part's pulls towards zero (L2), the others towards the
+                pre-trained weights (L2-SP).
   --lr, --num-lowlrs, --new-layers  define the parts new / upper / lower (docs/design.md), for any
                 timm model (layers from timm's group_matcher; Inception-v4: classifier + 22 blocks).
+                The new part's lr trains every re-initialised layer; the original gave it to the
+                classifier alone and the other re-initialised blocks the upper lr: add
+                --lr-new-classifier-only for that.
+  defaults      are TrainConfig's, not the original's: it decayed every parameter (--wd-bn
+                --wd-bias), warmed up for 3 epochs from 1e-4, smoothed labels by 0.1, jittered
+                colours by 0.4 without --aa, used --train-interpolation random, dropped the last
+                partial batch and defaulted to --remode const (studies/paper_recipe.yaml and the
+                README's "Differences from the paper's code" list the recipe value by value).
   --model       any timm model (the original hard-wired Inception-v4).
   --test        evaluates a separate test split after the last epoch; the search only sees val.
   --native-amp  is an alias of --amp fp16; --amp bf16 is new.
@@ -82,9 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="R",
         help="L2 towards zero per part: 1 rate, or 3: new upper lower (on top of --weight-decay)",
     )
+    a(
+        "--lr-new-classifier-only",
+        dest="lr_new_classifier_only",
+        action="store_true",
+        help="the new part's lr for the classifier alone; other re-initialised layers at the upper lr",
+    )
+    a(
+        "--l2sp-first-factor",
+        dest="l2sp_first_factor",
+        type=float,
+        help="L2-SP factor on the lower part's first tensor (the original's: 2)",
+    )
     a("--weight-decay", dest="weight_decay", type=float)
-    a("--reg-bn", dest="reg_bn", action="store_true", help="regularise norm parameters too")
-    a("--reg-bias", dest="reg_bias", action="store_true", help="regularise biases too")
+    a("--wd-bn", dest="wd_bn", action="store_true", help="weight decay on norm parameters too")
+    a("--wd-bias", dest="wd_bias", action="store_true", help="weight decay on biases too")
+    a("--reg-bn", dest="reg_bn", action="store_true", help="L2-SP/L2 on norm parameters too")
+    a("--reg-bias", dest="reg_bias", action="store_true", help="L2-SP/L2 on biases too")
     a("--opt", choices=["sgd", "adamw"])
     a("--momentum", type=float)
     a("--sched", choices=["step", "cosine", "none"])
@@ -95,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--min-lr", dest="min_lr", type=float)
     a("--epochs", type=int)
     a("-b", "--batch-size", dest="batch_size", type=int)
+    a("--drop-last", dest="drop_last", action="store_true", help="drop each epoch's partial batch")
     a("--mixup", type=float)
     a("--cutmix", type=float)
     a("--smoothing", type=float)
@@ -107,6 +133,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="random-resized crop area range",
     )
     a("--hflip", type=float, help="horizontal flip probability")
+    a(
+        "--color-jitter",
+        dest="color_jitter",
+        type=float,
+        help="colour jitter without --aa (0 = off)",
+    )
+    a(
+        "--train-interpolation",
+        dest="train_interpolation",
+        choices=TRAIN_INTERPOLATIONS,
+        help="training crop interpolation (default: the model's)",
+    )
+    a("--mean", type=float, nargs="+", metavar="M", help="input mean (default: the model's)")
+    a("--std", type=float, nargs="+", metavar="S", help="input std (default: the model's)")
     a("--aa", help="timm auto-augment, e.g. rand-m9-mstd0.5-inc1")
     a("--reprob", type=float)
     a("--remode", choices=["const", "rand", "pixel"])
@@ -141,7 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
     given = vars(build_parser().parse_args(argv))
     if given.pop("l2sp_flag", False) and "l2sp_rates" not in given:
-        raise InputError("--L2SP needs --L2SP_rates r [r r]")
+        if given.get("num_low", 0) < 1:  # the original crashes there: its L2-SP term is empty
+            raise InputError(
+                "--L2SP without --L2SP_rates is the original's fixed structure (L2-SP on the "
+                "lower part): it needs --num-lowlrs N >= 1"
+            )
+        for name, value in PAPER_L2SP.items():
+            given.setdefault(name, value)
     if given.get("save_test_predictions") and "output" not in given:
         raise InputError(
             "--save-test-predictions needs --output (the folder for test_predictions.npz)"

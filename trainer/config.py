@@ -40,6 +40,8 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine", "none")
 AMP_MODES = ("none", "bf16", "fp16")
 REMODES = ("const", "rand", "pixel")
+# training-crop interpolation: "random" picks bilinear or bicubic per image (timm's)
+TRAIN_INTERPOLATIONS = ("random", "bilinear", "bicubic")
 SPLITS = ("train", "trainval")
 ROLES = (
     "data",
@@ -82,6 +84,10 @@ class TrainConfig:
     data_dir: str | None = _f(None, "location")
     img_size: int | None = _f(None, "data")  # None: the model's own default input size
     num_classes: int | None = _f(None, "data")  # None: taken from the dataset
+    # input normalisation; None: the model's own (timm's pretrained_cfg). The paper's code used
+    # per-dataset values instead (README, "Differences from the paper's code")
+    mean: tuple[float, ...] | None = _f(None, "data")
+    std: tuple[float, ...] | None = _f(None, "data")
     # "trainval": fit on train+val (final evaluation), no val metrics
     train_split: str = _f("train", "evaluation")
     # --- model and transfer ---
@@ -97,16 +103,25 @@ class TrainConfig:
     )  # bottom transferred layers forming the `lower` part
     # --- optimisation, per part [new, upper, lower]; one value = the same for every part ---
     lrs: tuple[float, ...] = _f((0.01,), "lrs", binary=True, vector=True)
+    # lr_new for the classifier alone, the other re-initialised layers at lr_upper (the paper's code)
+    lr_new_classifier_only: bool = _f(False, "lrs")
     # r/2*||w-w0||^2 towards the pre-trained weights (new part: none exist, so r/2*||w||^2)
     l2sp_rates: tuple[float, ...] = _f((0.0,), "regularisation", binary=True, vector=True)
     l2_rates: tuple[float, ...] = _f(
         (0.0,), "regularisation", binary=True, vector=True
     )  # r/2*||w||^2
+    # L2-SP factor on the lower part's first regularised tensor (the paper's code: 2, its
+    # "x10 instead of x5"; the model's first convolution when num_low >= 1)
+    l2sp_first_factor: float = _f(1.0, "regularisation")
     weight_decay: float = _f(
         1e-4, "regularisation"
     )  # plain L2 towards zero, every part (optimiser)
-    reg_bn: bool = _f(False, "regularisation")  # regularise BatchNorm/other norm parameters too
-    reg_bias: bool = _f(False, "regularisation")  # regularise biases too
+    # which norm parameters (BatchNorm/GroupNorm/LayerNorm..., their biases too) and other biases
+    # each term reaches: weight decay (wd_*) and L2-SP/L2 (reg_*) separately
+    wd_bn: bool = _f(False, "regularisation")
+    wd_bias: bool = _f(False, "regularisation")
+    reg_bn: bool = _f(False, "regularisation")
+    reg_bias: bool = _f(False, "regularisation")
     opt: str = _f("sgd", "recipe")  # sgd: momentum + Nesterov, as in the paper's code
     momentum: float = _f(0.9, "recipe")
     sched: str = _f("step", "recipe")
@@ -117,6 +132,8 @@ class TrainConfig:
     min_lr: float = _f(0.0, "recipe")
     epochs: int = _f(30, "recipe", searchable=False)  # a search's pruning resource: fixed per study
     batch_size: int = _f(32, "recipe")
+    # drop each epoch's last partial batch (always done with mixup, which needs even batches)
+    drop_last: bool = _f(False, "recipe")
     # --- augmentation and regularisation of the data ---
     mixup: float = _f(0.0, "recipe")
     cutmix: float = _f(0.0, "recipe")
@@ -124,6 +141,10 @@ class TrainConfig:
     # random-resized crop area range (timm's default)
     crop_scale: tuple[float, float] = _f((0.08, 1.0), "recipe")
     hflip: float = _f(0.5, "recipe")  # horizontal flip probability
+    # brightness/contrast/saturation jitter, applied only without `aa` (timm's rule); 0 = off
+    color_jitter: float = _f(0.0, "recipe")
+    # None: the model's own interpolation (the evaluation's); "random": bilinear or bicubic per crop
+    train_interpolation: str | None = _f(None, "recipe")
     aa: str | None = _f(None, "recipe")  # timm auto-augment string, e.g. "rand-m9-mstd0.5-inc1"
     reprob: float = _f(0.0, "recipe")
     remode: str = _f("pixel", "recipe")
@@ -149,8 +170,10 @@ class TrainConfig:
     extra: dict[str, Any] = _f(dict, "data", factory=True)  # dataset options
 
     def __post_init__(self) -> None:
-        for name in (*per_part.VECTORS, "crop_scale"):
+        for name in (*per_part.VECTORS, "crop_scale", "mean", "std"):
             value = getattr(self, name)
+            if value is None:  # mean, std: the model's own
+                continue
             if isinstance(value, (int, float)):
                 value = (float(value),)
             object.__setattr__(self, name, tuple(float(v) for v in value))
@@ -175,6 +198,9 @@ class TrainConfig:
         d["l2sp_rates"] = list(self.l2sp_rates)
         d["l2_rates"] = list(self.l2_rates)
         d["crop_scale"] = list(self.crop_scale)
+        for name in ("mean", "std"):
+            if d[name] is not None:
+                d[name] = list(d[name])
         return d
 
     @classmethod
@@ -184,6 +210,18 @@ class TrainConfig:
         if unknown:
             raise InputError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
         return cls(**d)
+
+
+# The paper's code's `--L2SP` (its timm/loss/l2sp.py) is a fixed structure, not a rate: these
+# fields express it here (`python -m trainer --L2SP` without rates sets them; studies/paper_recipe.yaml
+# writes them out). README, "Differences from the paper's code", names the line each value comes from.
+PAPER_L2SP: dict[str, Any] = {
+    "l2sp_rates": (0.0, 0.0, 0.02),  # L2-SP on the lower part alone: 0.004 x 5
+    "l2_rates": (5e-4, 5e-4, 0.0),  # L2 towards zero on the new part (classifier too) and upper
+    "l2sp_first_factor": 2.0,  # its first lower tensor: x10 instead of x5
+    "reg_bn": False,  # BN parameters skipped ("bn" in the name)
+    "reg_bias": True,  # other biases kept (Inception-v4 has one: the classifier's)
+}
 
 
 def fields_with_role(*roles: str) -> tuple[str, ...]:
@@ -217,7 +255,23 @@ def _check(c: TrainConfig) -> None:
         bad(f"new_layers must be >= 1 (1 = classifier only), got {c.new_layers}")
     if c.num_low < 0:
         bad(f"num_low must be >= 0, got {c.num_low}")
-    for name in ("weight_decay", "mixup", "cutmix", "warmup_epochs", "min_lr", "momentum"):
+    for name in ("mean", "std"):
+        values = getattr(c, name)
+        if values is not None and len(values) not in (1, 3):
+            bad(f"{name} takes 1 or 3 values (one per channel), got {len(values)}: {list(values)}")
+    if c.std is not None and any(not v > 0 for v in c.std):
+        bad(f"std must be > 0, got {list(c.std)}")
+    if not c.l2sp_first_factor >= 0:
+        bad(f"l2sp_first_factor must be >= 0, got {c.l2sp_first_factor}")
+    for name in (
+        "weight_decay",
+        "mixup",
+        "cutmix",
+        "color_jitter",
+        "warmup_epochs",
+        "min_lr",
+        "momentum",
+    ):
         if getattr(c, name) < 0:
             bad(f"{name} must be >= 0, got {getattr(c, name)}")
     if not 0 <= c.smoothing < 1:
@@ -251,6 +305,11 @@ def _check(c: TrainConfig) -> None:
     ):
         if getattr(c, name) not in allowed:
             bad(f"{name} must be one of {', '.join(allowed)}, got {getattr(c, name)!r}")
+    if c.train_interpolation is not None and c.train_interpolation not in TRAIN_INTERPOLATIONS:
+        bad(
+            f"train_interpolation must be one of {', '.join(TRAIN_INTERPOLATIONS)} (or unset: the "
+            f"model's own), got {c.train_interpolation!r}"
+        )
     if c.pretrained and c.pretrained_file:
         bad("give either pretrained (timm hub) or pretrained_file, not both")
     for name in ("limit_train_batches", "limit_eval_batches"):

@@ -6,11 +6,17 @@ With L layers counted from the top (see `trainer.layers`):
     upper = layers new_layers+1 .. L-num_low        (transferred, above the lower cut)
     lower = layers L-num_low+1 .. L                 (the bottom `num_low` transferred layers)
 
-Each part has its own learning rate, `lrs = (lr_new, lr_upper, lr_lower)`.
+Each part has its own learning rate, `lrs = (lr_new, lr_upper, lr_lower)`. With
+`lr_new_classifier_only`, lr_new is the classifier's alone (the module timm's `get_classifier()`
+returns) and the other re-initialised layers train at lr_upper, as in the paper's code (its
+optim_factory.py gives `lr[0]` to the parameters named "linear" only); they stay in the new part for
+L2-SP/L2, as they do there (its l2sp.py regularises re-initialised blocks with the classifier's L2).
 
 Norm parameters (the affine weight and bias of BatchNorm/GroupNorm/LayerNorm/RMSNorm... layers) and
-biases get no weight decay and no L2-SP unless `reg_bn` resp. `reg_bias` includes them. A norm
-layer's bias counts as a norm parameter: `reg_bn` alone decides for it.
+biases get no weight decay unless `wd_bn` resp. `wd_bias` includes them, and no L2-SP/L2 unless
+`reg_bn` resp. `reg_bias` does (`trainer.regularize`): the paper's code decays every parameter but
+leaves BatchNorm out of L2-SP/L2. A norm layer's bias counts as a norm parameter: the `*_bn` switch
+alone decides for it.
 """
 
 from __future__ import annotations
@@ -74,9 +80,37 @@ def param_kinds(model: nn.Module) -> dict[str, str]:
     return kinds
 
 
-def is_regularised(kind: str, reg_bn: bool, reg_bias: bool) -> bool:
-    """Whether weight decay / L2-SP applies to a parameter of this kind (see `param_kinds`)."""
-    return kind == "weight" or (kind == "norm" and reg_bn) or (kind == "bias" and reg_bias)
+def is_regularised(kind: str, norm: bool, bias: bool) -> bool:
+    """Whether a term that takes in norm parameters if `norm` and biases if `bias` (weight decay:
+    `wd_bn`, `wd_bias`; L2-SP/L2: `reg_bn`, `reg_bias`) applies to a parameter of this kind."""
+    return kind == "weight" or (kind == "norm" and norm) or (kind == "bias" and bias)
+
+
+def classifier_params(model: nn.Module) -> set[str]:
+    """Names of the classifier's parameters: those of the module timm's `get_classifier()` returns."""
+    get = getattr(model, "get_classifier", None)
+    head = get() if callable(get) else None
+    names: set[str] = set()
+    if isinstance(head, nn.Module):
+        name = next((n for n, m in model.named_modules() if m is head), None)
+        if name is not None:
+            prefix = f"{name}." if name else ""
+            names = {prefix + n for n, _ in head.named_parameters()}
+    if names:
+        return names
+    raise InputError(
+        f"lr_new_classifier_only: {type(model).__name__} has no classifier with parameters "
+        "(timm's get_classifier())"
+    )
+
+
+def lr_parts(model: nn.Module, part_of: dict[str, str]) -> dict[str, str]:
+    """Parameter name -> the part whose lr it trains at, with `lr_new_classifier_only`: the new
+    part's parameters outside the classifier move to "upper"."""
+    classifier = classifier_params(model)
+    return {
+        n: "upper" if part == "new" and n not in classifier else part for n, part in part_of.items()
+    }
 
 
 def param_groups(
@@ -84,16 +118,21 @@ def param_groups(
     part_of: dict[str, str],
     lrs: tuple[float, float, float],
     weight_decay: float,
-    reg_bn: bool,
-    reg_bias: bool,
+    wd_bn: bool,
+    wd_bias: bool,
+    classifier_only: bool = False,
 ) -> list[dict[str, Any]]:
     """Optimiser groups, one per non-empty (part, decayed) pair, each trainable parameter in one.
 
     Each group holds "params", "lr" (its part's), "weight_decay" (`weight_decay`, or 0 for norm
-    parameters / biases left out by `reg_bn` / `reg_bias`), "part" and "decayed".
+    parameters / biases left out by `wd_bn` / `wd_bias`), "part" and "decayed". With
+    `classifier_only` (`lr_new_classifier_only`) "part" is the part whose lr a parameter trains at
+    (`lr_parts`): the re-initialised layers outside the classifier are in the "upper" groups.
     """
     if len(lrs) != len(PARTS):
         raise InputError(f"lrs takes one value per part {PARTS}, got {list(lrs)}")
+    if classifier_only:
+        part_of = lr_parts(model, part_of)
     kinds = param_kinds(model)
     buckets: dict[tuple[str, bool], list[nn.Parameter]] = {
         (p, d): [] for p in PARTS for d in (True, False)
@@ -106,7 +145,7 @@ def param_groups(
             raise ValueError(
                 f"parameter {name} has no part (got {part!r}); build part_of with assign_parts"
             )
-        buckets[(part, is_regularised(kinds[name], reg_bn, reg_bias))].append(param)
+        buckets[(part, is_regularised(kinds[name], wd_bn, wd_bias))].append(param)
     return [
         {
             "params": params,

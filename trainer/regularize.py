@@ -30,15 +30,19 @@ class L2SP:
     """L2-SP and L2 per part, as a gradient term.
 
     With parts p in {new, upper, lower}, L2-SP rates s_p, L2 rates l_p, the regularised parameters
-    w_p of part p (norm parameters and biases only when `reg_bn` / `reg_bias` include them) and
-    pre-trained weights w0_p:
+    w_p of part p (norm parameters and biases only when `reg_bn` / `reg_bias` include them; weight
+    decay has its own switches, `trainer.parts`) and pre-trained weights w0_p:
 
         Omega(w) = sum_p  s_p/2 * ||w_p - w0_p||^2  +  l_p/2 * ||w_p||^2      for p in {upper, lower}
                  + (s_new + l_new)/2 * ||w_new||^2     (new layers have no pre-trained weights: L2)
 
         dOmega/dw_p = (s_p + l_p) * w_p - s_p * w0_p
 
-    so a part can have L2-SP, L2, both or neither (the paper's combinations: e.g. L2-SP on the lower
+    except that the lower part's first regularised tensor (in the model's parameter order; its first
+    convolution when the lower part reaches the bottom) has L2-SP rate `first_factor` * s_lower:
+    the paper's code weighs it 10 x 0.004 against 5 x 0.004 for the rest (`first_factor` 2).
+
+    So a part can have L2-SP, L2, both or neither (the paper's combinations: e.g. L2-SP on the lower
     layers and L2 on the upper ones). `add_grad_()` adds dOmega/dw to `.grad`; call it after backward
     (and after the AMP scaler's unscale_), before `optimizer.step()`. Plain weight decay (the
     optimiser's, every part) comes on top. `reference` is the pre-trained state dict as loaded,
@@ -54,6 +58,7 @@ class L2SP:
         reg_bn: bool,
         reg_bias: bool,
         l2_rates: tuple[float, float, float] = (0.0, 0.0, 0.0),
+        first_factor: float = 1.0,
     ) -> None:
         for name, values in (("l2sp", rates), ("l2", l2_rates)):
             if len(values) != len(PARTS) or any(not r >= 0 for r in values):
@@ -77,7 +82,15 @@ class L2SP:
             if not members:
                 continue
             ref = _reference(part, members, reference) if sp else None
-            self.terms.append(_PartTerm(part, sp + l2, sp, [p for _, p in members], ref))
+            params = [p for _, p in members]
+            if part == "lower" and ref is not None and first_factor != 1:
+                # a term of its own for one tensor: two more foreach calls a step, no loop
+                first_sp = first_factor * sp
+                self.terms.append(_PartTerm(part, first_sp + l2, first_sp, params[:1], ref[:1]))
+                params, ref = params[1:], ref[1:]
+                if not params:
+                    continue
+            self.terms.append(_PartTerm(part, sp + l2, sp, params, ref))
 
     @property
     def active(self) -> bool:

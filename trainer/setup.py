@@ -14,7 +14,9 @@ import timm.data
 import timm.loss
 import timm.scheduler
 import torch
+from timm.scheduler.scheduler import Scheduler
 from torch import nn
+from torch.optim import Optimizer
 from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
 
 from .config import InputError, TrainConfig
@@ -32,8 +34,8 @@ class Run:
     cfg: TrainConfig
     device: torch.device
     model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: timm.scheduler.scheduler.Scheduler | None
+    optimizer: Optimizer
+    scheduler: Scheduler | None
     regularizer: L2SP
     criterion: nn.Module
     eval_criterion: nn.Module
@@ -88,47 +90,13 @@ def build_run(cfg: TrainConfig) -> Run:
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
 
-    groups = param_groups(
-        model, part_of, cfg.part_lrs(), cfg.weight_decay, cfg.reg_bn, cfg.reg_bias
-    )
-    if cfg.opt == "sgd":
-        optimizer = torch.optim.SGD(groups, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-    else:
-        optimizer = torch.optim.AdamW(groups)
-    scheduler = None
-    if cfg.sched != "none":
-        scheduler, _ = timm.scheduler.create_scheduler_v2(
-            optimizer,
-            sched=cfg.sched,
-            num_epochs=cfg.epochs,
-            decay_epochs=cfg.decay_epochs,
-            decay_rate=cfg.decay_rate,
-            min_lr=cfg.min_lr,
-            warmup_lr=cfg.warmup_lr,
-            warmup_epochs=cfg.warmup_epochs,
-        )
+    optimizer = build_optimizer(cfg, model, part_of)
+    scheduler = build_scheduler(cfg, optimizer)
     # L2SP copies to the device only the references of parts with a nonzero rate
-    regularizer = L2SP(
-        model, part_of, cfg.part_l2sp(), reference, cfg.reg_bn, cfg.reg_bias, cfg.part_l2()
-    )
+    regularizer = build_regularizer(cfg, model, part_of, reference)
     del reference
-
-    mixup = None
-    if cfg.mixup > 0 or cfg.cutmix > 0:
-        mixup = timm.data.Mixup(
-            mixup_alpha=cfg.mixup,
-            cutmix_alpha=cfg.cutmix,
-            label_smoothing=cfg.smoothing,
-            num_classes=num_classes,
-        )
-        criterion: nn.Module = timm.loss.SoftTargetCrossEntropy()
-    else:
-        criterion = nn.CrossEntropyLoss(label_smoothing=cfg.smoothing)
-
-    autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
-    scaler = (
-        torch.amp.GradScaler(device.type) if cfg.amp == "fp16" and device.type == "cuda" else None
-    )
+    mixup, criterion = build_loss(cfg, num_classes)
+    autocast_dtype, scaler = build_precision(cfg, device)
 
     data_config = timm.data.resolve_data_config(
         {"input_size": (3, cfg.img_size, cfg.img_size)} if cfg.img_size else {}, model=model
@@ -146,11 +114,11 @@ def build_run(cfg: TrainConfig) -> Run:
     )
     train_set = TransformedDataset(train_base, train_tf)
     # timm's Mixup needs even batches: drop the last partial batch then (also keeps shapes static).
-    drop_last = mixup is not None
+    drop_last = cfg.drop_last or mixup is not None
     if drop_last and len(train_set) < cfg.batch_size:
         raise InputError(
-            f"mixup/cutmix needs at least batch_size={cfg.batch_size} training images, "
-            f"the train split has {len(train_set)}"
+            f"{'mixup/cutmix' if mixup is not None else 'drop_last'} needs at least "
+            f"batch_size={cfg.batch_size} training images, the train split has {len(train_set)}"
         )
     loader_kw = dict(
         num_workers=cfg.workers,
@@ -193,6 +161,81 @@ def build_run(cfg: TrainConfig) -> Run:
         eval_loader(splits.test),
         num_classes,
     )
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module, part_of: dict[str, str]) -> Optimizer:
+    """SGD (Nesterov momentum) or AdamW over the parts' groups (`trainer.parts.param_groups`)."""
+    groups = param_groups(
+        model,
+        part_of,
+        cfg.part_lrs(),
+        cfg.weight_decay,
+        cfg.wd_bn,
+        cfg.wd_bias,
+        cfg.lr_new_classifier_only,
+    )
+    if cfg.opt == "sgd":
+        return torch.optim.SGD(groups, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    return torch.optim.AdamW(groups)
+
+
+def build_scheduler(cfg: TrainConfig, optimizer: Optimizer) -> Scheduler | None:
+    """timm's scheduler, stepped once per epoch; warm-up from `warmup_lr` to each group's own lr."""
+    if cfg.sched == "none":
+        return None
+    scheduler, _ = timm.scheduler.create_scheduler_v2(
+        optimizer,
+        sched=cfg.sched,
+        num_epochs=cfg.epochs,
+        decay_epochs=cfg.decay_epochs,
+        decay_rate=cfg.decay_rate,
+        min_lr=cfg.min_lr,
+        warmup_lr=cfg.warmup_lr,
+        warmup_epochs=cfg.warmup_epochs,
+    )
+    return scheduler
+
+
+def build_regularizer(
+    cfg: TrainConfig,
+    model: nn.Module,
+    part_of: dict[str, str],
+    reference: dict[str, torch.Tensor] | None,
+) -> L2SP:
+    return L2SP(
+        model,
+        part_of,
+        cfg.part_l2sp(),
+        reference,
+        cfg.reg_bn,
+        cfg.reg_bias,
+        cfg.part_l2(),
+        cfg.l2sp_first_factor,
+    )
+
+
+def build_loss(cfg: TrainConfig, num_classes: int) -> tuple[timm.data.Mixup | None, nn.Module]:
+    """timm's Mixup (label smoothing inside its soft targets) or cross-entropy with smoothing."""
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        mixup = timm.data.Mixup(
+            mixup_alpha=cfg.mixup,
+            cutmix_alpha=cfg.cutmix,
+            label_smoothing=cfg.smoothing,
+            num_classes=num_classes,
+        )
+        return mixup, timm.loss.SoftTargetCrossEntropy()
+    return None, nn.CrossEntropyLoss(label_smoothing=cfg.smoothing)
+
+
+def build_precision(
+    cfg: TrainConfig, device: torch.device
+) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
+    """The autocast dtype, and for fp16 on CUDA a loss scaler (bf16 needs none)."""
+    autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
+    scaler = (
+        torch.amp.GradScaler(device.type) if cfg.amp == "fp16" and device.type == "cuda" else None
+    )
+    return autocast_dtype, scaler
 
 
 def _check_not_empty(cfg: TrainConfig, splits: Splits) -> None:

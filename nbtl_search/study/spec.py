@@ -44,6 +44,8 @@ DATASET_KEYS = {
     "data_dir": "data_dir",
     "img_size": "img_size",
     "num_classes": "num_classes",
+    "mean": "mean",  # input normalisation (the paper's code used per-dataset values)
+    "std": "std",
     "extra": "extra",
 }
 MODEL_KEYS = {"name": "model", "pretrained": "pretrained", "pretrained_file": "pretrained_file"}

@@ -63,6 +63,17 @@ BAD = [
         study(train={"img_size": 32}),
         "train.img_size: set it in the dataset or model section, as dataset.img_size",
     ),
+    (
+        study(train={"mean": [0.5, 0.5, 0.5]}),
+        "train.mean: set it in the dataset or model section, as dataset.mean",
+    ),
+    (study(dataset={"std": [0.2, 0.0, 0.2]}), "dataset.std: std must be > 0"),
+    (
+        study(
+            search_space={"train_interpolation": {"type": "categorical", "choices": ["nearest"]}}
+        ),
+        "search_space.train_interpolation.choices[0]: train_interpolation must be one of random",
+    ),
     (study(sampler={"type": "tpe", "seeds": 1}), "sampler.seeds: unknown key; known: type, seed"),
     (
         study(pruner={"type": "median", "min_resource": 2}),
@@ -288,6 +299,22 @@ def test_shipped_studies_load(path):
         space = spec.search_space
         assert space["new_layers"].high + space["num_low"].high <= 23
         assert spec.dataset["data_dir"].startswith(str(Path.home()))  # ~ expanded
+
+
+def test_normalisation_and_the_paper_switches_are_study_keys():
+    spec = parse_spec(
+        study(
+            dataset={"mean": [0.53, 0.47, 0.43], "std": 0.27},
+            train={"lr_new_classifier_only": True, "wd_bn": True, "color_jitter": 0.4},
+            search_space={
+                "train_interpolation": {"type": "categorical", "choices": [None, "random"]}
+            },
+        )
+    )
+    cfg = spec.base_config()
+    assert (cfg.mean, cfg.std) == ((0.53, 0.47, 0.43), (0.27,))
+    assert (cfg.lr_new_classifier_only, cfg.wd_bn, cfg.color_jitter) == (True, True, 0.4)
+    assert spec.search_space["train_interpolation"].choices == (None, "random")
 
 
 def test_yaml_numbers_and_paths(tmp_path, monkeypatch):

@@ -213,7 +213,11 @@ BAD = {  # name: (flags replacing/added to a good command line, text the error l
     "2 L2SP rates": (["--L2SP", "--L2SP_rates", "0.1", "0.1"], "l2sp_rates takes 1 or 3 values"),
     "negative L2SP rate": (["--L2SP_rates", "0.1", "-0.1", "0.1"], "l2sp_rates must be >= 0"),
     "2 L2 rates": (["--l2-rates", "0.1", "0.1"], "l2_rates takes 1 or 3 values"),
-    "--L2SP without rates": (["--L2SP"], "--L2SP needs --L2SP_rates"),
+    "--L2SP without rates or lower part": (
+        ["--L2SP"],
+        "--L2SP without --L2SP_rates is the original's fixed structure (L2-SP on the lower "
+        "part): it needs --num-lowlrs N >= 1",
+    ),
     "missing pretrained file": (
         ["--pretrained-file", "{missing}"],
         "pretrained_file not found: {missing}",
@@ -305,3 +309,58 @@ def test_paper_flags_and_per_part_l2_parse_into_the_config():
     )
     assert cfg.part_lrs() == (0.1, 0.01, 0.001) and cfg.part_l2sp() == (0.0, 0.0, 0.1)
     assert cfg.part_l2() == (0.0, 0.01, 0.0) and (cfg.new_layers, cfg.num_low) == (3, 2)
+
+
+def test_l2sp_flag_alone_is_the_original_structure_and_new_flags_parse():
+    from trainer.cli import parse_config
+    from trainer.config import PAPER_L2SP
+
+    cfg = parse_config(["--L2SP", "--num-lowlrs", "8", "--new-layers", "3"])
+    assert {name: getattr(cfg, name) for name in PAPER_L2SP} == PAPER_L2SP
+    assert cfg.part_l2sp() == (0.0, 0.0, 0.02) and cfg.part_l2() == (5e-4, 5e-4, 0.0)
+    # an explicit flag wins over the structure
+    assert parse_config(["--L2SP", "--num-lowlrs", "1", "--reg-bn"]).reg_bn is True
+    cfg = parse_config(
+        [
+            "--lr-new-classifier-only",
+            "--wd-bn",
+            "--wd-bias",
+            "--drop-last",
+            "--color-jitter",
+            "0.4",
+            "--train-interpolation",
+            "random",
+            "--remode",
+            "const",
+            "--mean",
+            "0.5",
+            "--std",
+            "0.2",
+            "0.3",
+            "0.4",
+            "--l2sp-first-factor",
+            "2",
+        ]
+    )
+    assert (cfg.lr_new_classifier_only, cfg.wd_bn, cfg.wd_bias, cfg.drop_last) == (True,) * 4
+    assert (cfg.reg_bn, cfg.reg_bias) == (False, False)  # the L2-SP/L2 switches are apart
+    assert (cfg.color_jitter, cfg.train_interpolation, cfg.remode) == (0.4, "random", "const")
+    assert (cfg.mean, cfg.std, cfg.l2sp_first_factor) == ((0.5,), (0.2, 0.3, 0.4), 2.0)
+
+
+def test_the_paper_codes_recipe_trains_end_to_end(target_dir, source_ckpt, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = target_args(target_dir, source_ckpt) + [
+        *("--epochs", "2", "--new-layers", "3", "--num-lowlrs", "2", "--L2SP"),
+        *("--lr", "0.05", "0.01", "0.001", "--lr-new-classifier-only", "--wd-bn", "--wd-bias"),
+        *("--warmup-epochs", "1", "--warmup-lr", "1e-4", "--smoothing", "0.1", "--drop-last"),
+        *("--color-jitter", "0.4", "--train-interpolation", "random", "--remode", "const"),
+        *("--reprob", "0.25", "--mean", "0.5", "--std", "0.25", "--output", str(out)),
+    ]
+    assert main(argv) == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    # per part: the classifier's lr is the new part's; warm-up starts every group at 1e-4
+    assert summary["history"][0]["lrs"] == pytest.approx([1e-4] * 3)
+    assert summary["history"][1]["lrs"] == pytest.approx([0.05, 0.01, 0.001])
+    assert summary["history"][1]["penalty"] > 0  # the --L2SP structure is on
+    assert TrainConfig.from_dict(summary["config"]).lr_new_classifier_only

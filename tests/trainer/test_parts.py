@@ -9,7 +9,7 @@ from torch import nn
 
 from trainer.config import InputError
 from trainer.layers import layer_partition
-from trainer.parts import PARTS, assign_parts, param_groups, param_kinds
+from trainer.parts import PARTS, assign_parts, classifier_params, param_groups, param_kinds
 
 LRS = (0.3, 0.02, 0.001)
 
@@ -89,18 +89,18 @@ def test_param_kinds(model: nn.Module) -> None:
     }
 
 
-def groups_for(model: nn.Module, reg_bn: bool, reg_bias: bool) -> list[dict]:
+def groups_for(model: nn.Module, wd_bn: bool, wd_bias: bool) -> list[dict]:
     part_of = assign_parts(layer_partition(model), new_layers=2, num_low=1)
-    return param_groups(model, part_of, LRS, weight_decay=5e-4, reg_bn=reg_bn, reg_bias=reg_bias)
+    return param_groups(model, part_of, LRS, weight_decay=5e-4, wd_bn=wd_bn, wd_bias=wd_bias)
 
 
 @pytest.mark.parametrize(
-    ("reg_bn", "reg_bias"), [(False, False), (True, False), (False, True), (True, True)]
+    ("wd_bn", "wd_bias"), [(False, False), (True, False), (False, True), (True, True)]
 )
 def test_every_parameter_in_exactly_one_group_with_its_parts_lr(
-    model: nn.Module, reg_bn: bool, reg_bias: bool
+    model: nn.Module, wd_bn: bool, wd_bias: bool
 ) -> None:
-    groups = groups_for(model, reg_bn, reg_bias)
+    groups = groups_for(model, wd_bn, wd_bias)
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))
     part_of = assign_parts(layer_partition(model), new_layers=2, num_low=1)
@@ -114,27 +114,67 @@ def test_every_parameter_in_exactly_one_group_with_its_parts_lr(
 
 
 @pytest.mark.parametrize(
-    ("reg_bn", "reg_bias"), [(False, False), (True, False), (False, True), (True, True)]
+    ("wd_bn", "wd_bias"), [(False, False), (True, False), (False, True), (True, True)]
 )
 def test_bn_and_bias_switches_move_parameters_out_of_decay(
-    model: nn.Module, reg_bn: bool, reg_bias: bool
+    model: nn.Module, wd_bn: bool, wd_bias: bool
 ) -> None:
     names = {id(p): n for n, p in model.named_parameters()}
     kinds = param_kinds(model)
     undecayed = {
         names[id(p)]
-        for g in groups_for(model, reg_bn, reg_bias)
+        for g in groups_for(model, wd_bn, wd_bias)
         if not g["decayed"]
         for p in g["params"]
     }
     expected = {
-        n
-        for n, k in kinds.items()
-        if (k == "norm" and not reg_bn) or (k == "bias" and not reg_bias)
+        n for n, k in kinds.items() if (k == "norm" and not wd_bn) or (k == "bias" and not wd_bias)
     }
     assert undecayed == expected
-    assert ("fc.bias" in undecayed) == (not reg_bias)
-    assert ("layer4.0.bn1.weight" in undecayed) == (not reg_bn)
+    assert ("fc.bias" in undecayed) == (not wd_bias)
+    assert ("layer4.0.bn1.weight" in undecayed) == (not wd_bn)
+
+
+def lr_of(model: nn.Module, groups: list[dict]) -> dict[str, float]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)]: g["lr"] for g in groups for p in g["params"]}
+
+
+@pytest.mark.parametrize(("new_layers", "num_low"), [(3, 1), (1, 2), (6, 0), (2, 4)])
+def test_classifier_only_gives_lr_new_to_exactly_the_classifier(
+    model: nn.Module, new_layers: int, num_low: int
+) -> None:
+    part_of = assign_parts(layer_partition(model), new_layers, num_low)
+    lrs = lr_of(model, param_groups(model, part_of, LRS, 5e-4, False, False, classifier_only=True))
+    assert {n for n, lr in lrs.items() if lr == LRS[0]} == {"fc.weight", "fc.bias"}
+    for name, part in part_of.items():  # re-initialised feature layers train at lr_upper
+        lr_part = "new" if name.startswith("fc.") else "upper" if part == "new" else part
+        assert lrs[name] == LRS[PARTS.index(lr_part)], name
+    # the switch off: every re-initialised layer at lr_new, as before
+    lrs = lr_of(model, param_groups(model, part_of, LRS, 5e-4, False, False))
+    assert {n for n, lr in lrs.items() if lr == LRS[0]} == {
+        n for n, p in part_of.items() if p == "new"
+    }
+
+
+def test_classifier_only_leaves_the_rest_of_the_head_layer_at_lr_upper() -> None:
+    # timm's ConvNeXt head layer holds a norm before the classifier: only head.fc is "the
+    # classifier" (timm's get_classifier()), as only `last_linear` was in the paper's code
+    convnext = timm.create_model("test_convnext", num_classes=5)
+    assert classifier_params(convnext) == {"head.fc.weight", "head.fc.bias"}
+    part_of = assign_parts(layer_partition(convnext), new_layers=1, num_low=0)
+    assert {n for n, p in part_of.items() if p == "new"} >= {"head.norm.weight", "head.fc.weight"}
+    groups = param_groups(convnext, part_of, LRS, 0.0, False, False, classifier_only=True)
+    lrs = lr_of(convnext, groups)
+    assert {n for n, lr in lrs.items() if lr == LRS[0]} == {"head.fc.weight", "head.fc.bias"}
+    assert lrs["head.norm.weight"] == lrs["head.norm.bias"] == LRS[1]
+    assert {g["part"] for g in groups if g["lr"] == LRS[0]} == {"new"}  # "part": the lr's part
+
+
+def test_a_model_without_a_classifier_cannot_use_classifier_only() -> None:
+    net = nn.Sequential(nn.Linear(3, 3))
+    with pytest.raises(InputError, match="lr_new_classifier_only: Sequential has no classifier"):
+        classifier_params(net)
 
 
 def test_frozen_parameters_are_left_out() -> None:
@@ -142,7 +182,7 @@ def test_frozen_parameters_are_left_out() -> None:
     for p in model.conv1.parameters():
         p.requires_grad_(False)
     part_of = assign_parts(layer_partition(model), new_layers=1, num_low=1)
-    groups = param_groups(model, part_of, LRS, weight_decay=0.0, reg_bn=False, reg_bias=False)
+    groups = param_groups(model, part_of, LRS, weight_decay=0.0, wd_bn=False, wd_bias=False)
     ids = {id(p) for g in groups for p in g["params"]}
     assert ids == {id(p) for p in model.parameters() if p.requires_grad}
 

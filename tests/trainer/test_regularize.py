@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import timm
@@ -39,16 +40,20 @@ def formula(
     reg_bn: bool,
     reg_bias: bool,
     l2_rates: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    first_factor: float = 1.0,
 ) -> torch.Tensor:
     """Omega(w) written out: s/2*||w - w0||^2 + l/2*||w||^2 for upper and lower,
-    (s_new + l_new)/2*||w||^2 for new."""
+    (s_new + l_new)/2*||w||^2 for new; the first lower tensor's s times `first_factor`."""
     kinds = param_kinds(model)
     total = torch.zeros((), dtype=torch.float64)
+    first_lower = True
     for name, p in model.named_parameters():
         if not is_regularised(kinds[name], reg_bn, reg_bias):
             continue
         part = part_of[name]
         r, l2 = rates[PARTS.index(part)], l2_rates[PARTS.index(part)]
+        if part == "lower" and first_lower:
+            r, first_lower = first_factor * r, False
         target = torch.zeros_like(p) if part == "new" else reference[name]
         total = total + r / 2 * (p.double() - target.double()).pow(2).sum()
         total = total + l2 / 2 * p.double().pow(2).sum()
@@ -114,6 +119,72 @@ def test_per_part_l2_and_l2sp_together_equal_autograd(rates, l2_rates) -> None:
         torch.testing.assert_close(ours[n], expected, rtol=1e-6, atol=1e-6, msg=n)
     assert l2sp.penalty() == pytest.approx(omega.item(), rel=1e-6)
     assert l2sp.active
+
+
+@pytest.mark.parametrize("reg_bn", [False, True])
+def test_first_lower_tensor_factor_equals_autograd(reg_bn: bool) -> None:
+    # the paper's --L2SP: L2-SP on lower with its first tensor x2, L2 on upper and new
+    rates, l2_rates = (0.0, 0.0, 0.02), (5e-4, 5e-4, 0.0)
+    model, part_of, reference = transferred()
+    params = dict(model.named_parameters())
+    for p in params.values():
+        p.grad = torch.zeros_like(p)
+    l2sp = L2SP(model, part_of, rates, reference, reg_bn, True, l2_rates, first_factor=2.0)
+    l2sp.add_grad_()
+    ours = {n: p.grad.clone() for n, p in params.items()}
+    model.zero_grad(set_to_none=True)
+    omega = formula(model, part_of, rates, reference, reg_bn, True, l2_rates, first_factor=2.0)
+    omega.backward()
+    for n, p in params.items():
+        expected = p.grad if p.grad is not None else torch.zeros_like(p)
+        torch.testing.assert_close(ours[n], expected, rtol=1e-6, atol=1e-6, msg=n)
+    assert l2sp.penalty() == pytest.approx(omega.item(), rel=1e-6)
+    first, rest = [t for t in l2sp.terms if t.part == "lower"]
+    assert [id(p) for p in first.params] == [id(params["conv1.0.weight"])]  # the first conv
+    assert (first.sp_rate, first.rate) == (0.04, 0.04)
+    assert (rest.sp_rate, rest.rate) == (0.02, 0.02) and len(rest.params) > 1
+
+
+def test_weight_decay_and_l2sp_reach_norm_and_bias_parameters_separately() -> None:
+    from trainer.config import TrainConfig
+    from trainer.setup import build_optimizer, build_regularizer
+
+    model, part_of, reference = transferred()
+    kinds = param_kinds(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for wd_bn, wd_bias, reg_bn, reg_bias in itertools.product((False, True), repeat=4):
+        cfg = TrainConfig(
+            model="test_resnet",
+            weight_decay=1e-4,
+            l2sp_rates=(0.1, 0.1, 0.1),
+            l2_rates=(0.01,),
+            wd_bn=wd_bn,
+            wd_bias=wd_bias,
+            reg_bn=reg_bn,
+            reg_bias=reg_bias,
+        )
+        optimizer = build_optimizer(cfg, model, part_of)
+        decayed = {
+            names[id(p)] for g in optimizer.param_groups if g["weight_decay"] for p in g["params"]
+        }
+        regularised = {
+            names[id(p)]
+            for t in build_regularizer(cfg, model, part_of, reference).terms
+            for p in t.params
+        }
+
+        def reached(norm: bool, bias: bool) -> set[str]:
+            return {
+                n
+                for n, k in kinds.items()
+                if k == "weight" or (k == "norm" and norm) or (k == "bias" and bias)
+            }
+
+        switches = (wd_bn, wd_bias, reg_bn, reg_bias)
+        assert decayed == reached(wd_bn, wd_bias), switches
+        assert regularised == reached(reg_bn, reg_bias), switches
+        assert ("layer4.0.bn1.weight" in decayed, "fc.bias" in decayed) == (wd_bn, wd_bias)
+        assert ("layer4.0.bn1.bias" in regularised, "fc.bias" in regularised) == (reg_bn, reg_bias)
 
 
 def test_regularisation_touches_every_part_and_respects_the_switches() -> None:

@@ -57,6 +57,55 @@ def test_default_training_augmentation_is_crop_and_flip_only():
     assert not any(isinstance(x, (T.ColorJitter, RandAugment)) for x in t.transforms)
 
 
+def crop_and_jitter(t) -> tuple:
+    (crop,) = [x for x in t.transforms if type(x).__name__ == "RandomResizedCropAndInterpolation"]
+    jitter = [x for x in t.transforms if isinstance(x, T.ColorJitter)]
+    return crop, jitter
+
+
+def test_colour_jitter_applies_only_without_auto_augment():
+    crop, (jitter,) = crop_and_jitter(
+        build_transform(TrainConfig(color_jitter=0.4), DATA_CONFIG, training=True)
+    )
+    assert jitter.brightness == jitter.contrast == jitter.saturation == pytest.approx((0.6, 1.4))
+    assert jitter.hue is None
+    _, none = crop_and_jitter(
+        build_transform(TrainConfig(color_jitter=0.4, aa=SEED_AA), DATA_CONFIG, training=True)
+    )
+    assert none == []  # timm's rule, the paper's code's too: auto-augment replaces the jitter
+
+
+def test_training_interpolation_random_or_the_models():
+    crop, _ = crop_and_jitter(
+        build_transform(TrainConfig(train_interpolation="random"), DATA_CONFIG, training=True)
+    )
+    modes = {T.InterpolationMode.BILINEAR, T.InterpolationMode.BICUBIC}
+    assert isinstance(crop.interpolation, tuple) and set(crop.interpolation) == modes
+    bicubic = {**DATA_CONFIG, "interpolation": "bicubic"}
+    crop, _ = crop_and_jitter(build_transform(TrainConfig(), bicubic, training=True))
+    assert crop.interpolation == T.InterpolationMode.BICUBIC  # unset: the model's own
+    evaluation = build_transform(TrainConfig(train_interpolation="random"), bicubic, False)
+    assert evaluation.transforms[0].interpolation == T.InterpolationMode.BICUBIC
+    with pytest.raises(InputError, match="train_interpolation must be one of random, bilinear"):
+        TrainConfig(train_interpolation="lanczos3")
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_mean_and_std_override_the_models(training):
+    cfg = TrainConfig(mean=(0.53, 0.47, 0.43), std=(0.27,))
+    (norm,) = [
+        x
+        for x in build_transform(cfg, DATA_CONFIG, training).transforms
+        if isinstance(x, T.Normalize)
+    ]
+    assert norm.mean.tolist() == pytest.approx([0.53, 0.47, 0.43])
+    assert norm.std.tolist() == pytest.approx([0.27] * 3)
+    with pytest.raises(InputError, match="std must be > 0"):
+        TrainConfig(std=(0.2, 0.0, 0.2))
+    with pytest.raises(InputError, match="mean takes 1 or 3 values"):
+        TrainConfig(mean=(0.5, 0.5))
+
+
 def test_eval_transform_is_deterministic():
     t = build_transform(TrainConfig(aa=SEED_AA, reprob=1.0), DATA_CONFIG, training=False)
     assert torch.equal(t(image()), t(image()))

@@ -1,11 +1,14 @@
 """Image transforms: timm's `create_transform`, fed from `TrainConfig`, plus one guard.
 
 Training: random-resized crop + horizontal flip (the *default settings*' augmentation), then timm's
-auto-augment from `cfg.aa` (e.g. `rand-m9-mstd0.5-inc1`) and random erasing (`cfg.reprob`,
-`cfg.remode`) when asked for. timm's colour jitter (its factory default 0.4) is switched off: it is
-not part of the standard augmentation the study measures against. Evaluation: resize by
-`1 / crop_pct`, centre crop. Size, mean, std, interpolation and crop_pct come from timm's
-`resolve_data_config` dict; a set `cfg.img_size` overrides its input size.
+auto-augment from `cfg.aa` (e.g. `rand-m9-mstd0.5-inc1`), colour jitter (`cfg.color_jitter`, which
+timm applies only without auto-augment, as the paper's code did with its 0.4) and random erasing
+(`cfg.reprob`, `cfg.remode`) when asked for. timm's factory default jitter of 0.4 is not taken over:
+off unless `color_jitter` is set. The training crop's interpolation is the model's unless
+`cfg.train_interpolation` names one ("random": bilinear or bicubic per crop, the paper's code's
+default). Evaluation: resize by `1 / crop_pct`, centre crop. Size, mean, std, interpolation and
+crop_pct come from timm's `resolve_data_config` dict; a set `cfg.img_size`, `cfg.mean` or `cfg.std`
+overrides its value.
 
 The posterize guard. timm 1.0.x's increasing-severity posterize (`PosterizeIncreasing`, used by
 every `inc1` RandAugment string and AugMix) keeps `4 - int(m / 10 * 4)` bits, so magnitude 10 keeps
@@ -71,16 +74,17 @@ def build_transform(
     input_size = tuple(data_config["input_size"])
     if cfg.img_size is not None:
         input_size = (3, cfg.img_size, cfg.img_size)
+    interpolation = data_config.get("interpolation", "bilinear")
     common = dict(
         input_size=input_size,
-        interpolation=data_config.get("interpolation", "bilinear"),
-        mean=tuple(data_config["mean"]),
-        std=tuple(data_config["std"]),
+        mean=_channels(cfg.mean or data_config["mean"]),
+        std=_channels(cfg.std or data_config["std"]),
     )
     if not training:
         return create_transform(
             **common,
             is_training=False,
+            interpolation=interpolation,
             crop_pct=data_config.get("crop_pct"),
             crop_mode=data_config.get("crop_mode"),
         )
@@ -96,9 +100,11 @@ def build_transform(
         transform = create_transform(
             **common,
             is_training=True,
+            interpolation=cfg.train_interpolation or interpolation,
             scale=cfg.crop_scale,
             hflip=cfg.hflip,
-            color_jitter=None,
+            # None, not 0: a zero ColorJitter would still draw from the RNG for every image
+            color_jitter=cfg.color_jitter or None,
             auto_augment=cfg.aa,
             re_prob=cfg.reprob,
             re_mode=cfg.remode,
@@ -107,3 +113,9 @@ def build_transform(
         # timm parses the aa string with asserts and int(): turn its failure into one clear line.
         raise InputError(f"aa {cfg.aa!r} is not a valid timm auto-augment string ({e!r})") from e
     return guard_posterize(transform)
+
+
+def _channels(values: Any) -> tuple[float, ...]:
+    """A mean or std as 3 channel values (one value stands for all three)."""
+    values = tuple(float(v) for v in values)
+    return values * 3 if len(values) == 1 else values
