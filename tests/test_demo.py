@@ -19,8 +19,9 @@ from nbclient import NotebookClient
 
 import analysis
 from nbtl_search.run.trial_queue import grid_coverage
-from nbtl_search.store.results import ResultStore, config_hash
+from nbtl_search.store.results import ResultStore
 from nbtl_search.study.spec import load_spec
+from trainer.config import config_hash
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "studies" / "demo_digits.yaml"

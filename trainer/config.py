@@ -17,15 +17,24 @@ ones the *default settings* fix to binary transfer, and how the ladder groups th
 | seed | the run's seed (the final evaluation varies it) | no | no |
 | execution, evaluation, test | device and files; train+val / test by `final`; test knobs | no | no |
 
-`binary=True` marks the fields that the default settings fix to their default here (one layer
-re-initialised, one learning rate, no L2-SP, no per-part L2); `vector=True` the per-part vectors
-that a study searches through their per-part axes; `searchable=False` a recipe field a search may not
-vary (`epochs`, the pruner's resource).
+`binary=True` marks the **transfer settings**: the fields that binary transfer fixes, so the default
+settings hold them at their default here (one layer re-initialised, one learning rate for every
+part, no L2-SP and no per-part L2 — nor the details that only matter with them: a classifier-only
+lr, the first-tensor L2-SP factor, L2-SP/L2 on norm parameters and biases). Every other setting
+in the config hash is the **recipe** (schedule, augmentation, mixup, weight decay, ...): what the
+default settings share with the study. `vector=True` marks the per-part vectors that a study
+searches through their per-part axes; `searchable=False` a recipe field a search may not vary
+(`epochs`, the pruner's resource).
+
+`config_hash` says what a config trains: two runs with the same hash trained the same settings.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,7 +113,7 @@ class TrainConfig:
     # --- optimisation, per part [new, upper, lower]; one value = the same for every part ---
     lrs: tuple[float, ...] = _f((0.01,), "lrs", binary=True, vector=True)
     # lr_new for the classifier alone, the other re-initialised layers at lr_upper (the paper's code)
-    lr_new_classifier_only: bool = _f(False, "lrs")
+    lr_new_classifier_only: bool = _f(False, "lrs", binary=True)
     # r/2*||w-w0||^2 towards the pre-trained weights (new part: none exist, so r/2*||w||^2)
     l2sp_rates: tuple[float, ...] = _f((0.0,), "regularisation", binary=True, vector=True)
     l2_rates: tuple[float, ...] = _f(
@@ -112,7 +121,7 @@ class TrainConfig:
     )  # r/2*||w||^2
     # L2-SP factor on the lower part's first regularised tensor (the paper's code: 2, its
     # "x10 instead of x5"; the model's first convolution when num_low >= 1)
-    l2sp_first_factor: float = _f(1.0, "regularisation")
+    l2sp_first_factor: float = _f(1.0, "regularisation", binary=True)
     weight_decay: float = _f(
         1e-4, "regularisation"
     )  # plain L2 towards zero, every part (optimiser)
@@ -120,8 +129,8 @@ class TrainConfig:
     # each term reaches: weight decay (wd_*) and L2-SP/L2 (reg_*) separately
     wd_bn: bool = _f(False, "regularisation")
     wd_bias: bool = _f(False, "regularisation")
-    reg_bn: bool = _f(False, "regularisation")
-    reg_bias: bool = _f(False, "regularisation")
+    reg_bn: bool = _f(False, "regularisation", binary=True)
+    reg_bias: bool = _f(False, "regularisation", binary=True)
     opt: str = _f("sgd", "recipe")  # sgd: momentum + Nesterov, as in the paper's code
     momentum: float = _f(0.9, "recipe")
     sched: str = _f("step", "recipe")
@@ -232,6 +241,43 @@ def fields_with_role(*roles: str) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["role"] in roles)
 
 
+# Fields that say where or how a run executes, or on which split, not what it trains: two runs that
+# differ only in these trained the same settings.
+HASH_EXCLUDED = frozenset(fields_with_role(*UNHASHED_ROLES))
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """What a config trains, as 16 hex digits: sha256 of the canonical JSON of its settings, leaving
+    out `HASH_EXCLUDED` and every field at TrainConfig's default. Numbers compare as floats (0 and
+    0.0 hash the same), one per-part value as three; and a field a later release adds at a default
+    that changes nothing leaves every stored config's hash as it was."""
+    settings = {k: _setting(k, v) for k, v in config.items() if k not in HASH_EXCLUDED}
+    kept = {k: v for k, v in settings.items() if k not in _DEFAULTS or v != _DEFAULTS[k]}
+    text = json.dumps(kept, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _setting(name: str, value: Any) -> Any:
+    if name in per_part.VECTORS and isinstance(value, (int, float, list, tuple)):
+        try:
+            value = per_part.expand(value)
+        except ValueError:
+            pass  # not a per-part vector TrainConfig would accept: hashed as written
+    return _canonical(value)
+
+
+def _canonical(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    return str(value)
+
+
 def field_flag(name: str, flag: str) -> bool:
     """A field's `binary`, `vector` or `searchable` flag."""
     return TrainConfig.__dataclass_fields__[name].metadata[flag]
@@ -316,3 +362,6 @@ def _check(c: TrainConfig) -> None:
         v = getattr(c, name)
         if v is not None and v < 1:
             bad(f"{name} must be >= 1, got {v}")
+
+
+_DEFAULTS = {name: _setting(name, value) for name, value in TrainConfig().to_dict().items()}

@@ -28,12 +28,13 @@ from nbtl_search.run.objective import EpochRecorder, failure_reason
 from nbtl_search.run.processes import cpu_threads, exit_with_parent
 from nbtl_search.run.signals import stop_on_signals
 from nbtl_search.store.connection import open_rdb
-from nbtl_search.store.results import ResultStore, config_hash
+from nbtl_search.store.results import ResultStore
 from nbtl_search.study import edges
 from nbtl_search.study.axes import axis_values
 from nbtl_search.study.roles import DEFAULT, SEARCH
 from nbtl_search.study.spec import StudySpec
 from trainer import InputError, TrainConfig
+from trainer.config import config_hash
 
 from . import selection
 

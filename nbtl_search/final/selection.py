@@ -21,9 +21,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from nbtl_search.store.results import HASH_EXCLUDED
 from trainer import per_part
-from trainer.config import TRANSFER_ROLES, fields_with_role
+from trainer.config import HASH_EXCLUDED, TRANSFER_ROLES, fields_with_role
 
 RUNG_NAMES = {"layers": "+ layers", "lrs": "+ learning rates", "regularisation": "+ regularisation"}
 DEFAULT_RUNG, OPTIMAL_RUNG = "default", "optimal"

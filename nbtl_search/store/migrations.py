@@ -14,11 +14,17 @@ Versions:
 2. `nbtl_schema`; every final run's predictions in `nbtl_predictions` (the files named by
    `predictions_path` are read into it, relative to a SQLite file's folder) and
    `predictions_path` dropped.
+3. configs as this release trains them: a config written before weight decay had its own switches
+   for norm parameters and biases (`wd_bn`, `wd_bias`) had `reg_bn`/`reg_bias` decide weight decay
+   too, so the new switches take their values; every `config_hash` is recomputed by
+   `trainer.config.config_hash`, which now leaves out fields at their default (so a field added
+   later never changes a stored hash again).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,9 +34,12 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 
+from trainer.config import config_hash
+
 from .connection import StorageError
 from .schema import (
     SCHEMA_VERSION,
+    ladder_table,
     metadata,
     predictions_row,
     predictions_table,
@@ -122,7 +131,23 @@ def _to_2(conn: sa.Connection, url: sa.URL) -> None:
     conn.exec_driver_sql("ALTER TABLE nbtl_runs DROP COLUMN predictions_path")
 
 
-STEPS: dict[int, Callable[[sa.Connection, sa.URL], None]] = {2: _to_2}
+def _to_3(conn: sa.Connection, url: sa.URL) -> None:
+    """Rewrite each stored config as this release reads it (module docstring, version 3)."""
+    for table in (runs_table, ladder_table):
+        rows = conn.execute(sa.select(table.c.id, table.c.config, table.c.config_hash)).all()
+        for row_id, text, old_hash in rows:
+            config = json.loads(text)
+            for wd, reg in (("wd_bn", "reg_bn"), ("wd_bias", "reg_bias")):
+                config.setdefault(wd, bool(config.get(reg, False)))
+            values = {
+                "config": json.dumps(config, sort_keys=True),
+                "config_hash": config_hash(config),
+            }
+            if values["config"] != text or values["config_hash"] != old_hash:
+                conn.execute(table.update().where(table.c.id == row_id).values(**values))
+
+
+STEPS: dict[int, Callable[[sa.Connection, sa.URL], None]] = {2: _to_2, 3: _to_3}
 
 
 def _now() -> datetime:

@@ -7,7 +7,6 @@ write to the same tables concurrently.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import socket
@@ -18,7 +17,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from trainer.config import UNHASHED_ROLES, fields_with_role
+from trainer.config import config_hash
 
 from .connection import (
     StorageError,
@@ -41,20 +40,6 @@ from .schema import (
     probe_table,
     runs_table,
 )
-
-# Fields that say where or how a run executes, or on which split, not what it trains (their role
-# in trainer.config): two runs that differ only in these have the same settings and hash the same.
-HASH_EXCLUDED = frozenset(fields_with_role(*UNHASHED_ROLES))
-
-
-def config_hash(config_dict: dict[str, Any]) -> str:
-    """sha256[:16] of the canonical JSON of the config without the `HASH_EXCLUDED` fields.
-
-    Numbers are compared as floats, so ``weight_decay=0`` and ``0.0`` hash the same.
-    """
-    kept = {k: _canonical(v) for k, v in config_dict.items() if k not in HASH_EXCLUDED}
-    text = json.dumps(kept, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class ResultStore:
@@ -289,18 +274,6 @@ def ensure_schema(url: str) -> None:
     """Create Optuna's and nbtl's tables at `url` once, before workers open it concurrently."""
     open_rdb(url, heartbeat=False).engine.dispose()
     ResultStore(url).close()
-
-
-def _canonical(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _canonical(v) for k, v in value.items()}
-    return str(value)
 
 
 def _float(value: float | None) -> float | None:

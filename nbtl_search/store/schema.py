@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 2  # raise it with a step in `migrations.STEPS` whenever a table changes
+SCHEMA_VERSION = 3  # raise it with a step in `migrations.STEPS` whenever a table changes
 RUN_STATES = ("running", "complete", "pruned", "failed")
 ROLES = ("search", "default", "rerank", "final")
 FINAL_OF = ("search", "default", "ladder")

@@ -9,7 +9,6 @@ find, worked out by hand in the comments.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import shutil
@@ -23,6 +22,7 @@ import sqlalchemy as sa
 
 from nbtl_search.store import migrations, schema
 from tests.analysis import legacy_v1
+from trainer.config import config_hash
 
 STUDY = "demo"
 OTHER = "other"
@@ -149,13 +149,6 @@ def config(
         "train_split": train_split,
         "extra": {},
     }
-
-
-def config_hash(cfg: dict) -> str:
-    """What the orchestrator's hash ignores here: the seed and the split."""
-    kept = {k: v for k, v in cfg.items() if k not in ("seed", "train_split")}
-    lists = {k: [float(x) for x in v] if isinstance(v, list) else v for k, v in kept.items()}
-    return hashlib.sha256(json.dumps(lists, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def labels() -> np.ndarray:

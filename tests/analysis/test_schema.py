@@ -11,7 +11,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 import analysis
-from nbtl_search.store import migrations, results, schema
+from nbtl_search.store import migrations, schema
 from nbtl_search.store.results import ResultStore
 from tests.analysis import db
 
@@ -105,15 +105,6 @@ def test_every_column_is_the_versioned_contract(tmp_path: Path) -> None:
     assert set(migrations.STEPS) == set(range(2, schema.SCHEMA_VERSION + 1))
 
 
-def test_the_hand_made_hash_ignores_what_the_real_one_ignores() -> None:
-    cfg = db.config(2, [0.1], [0.0])
-    for key in ("seed", "train_split"):
-        assert key in results.HASH_EXCLUDED
-        changed = dict(cfg, **{key: "other" if key == "train_split" else 99})
-        assert db.config_hash(changed) == db.config_hash(cfg)
-    assert db.config_hash(dict(cfg, new_layers=3)) != db.config_hash(cfg)
-
-
 def test_analysis_reads_only_the_tables_the_orchestrator_writes() -> None:
     from analysis import load
 
@@ -151,6 +142,25 @@ def test_a_previous_release_database_is_upgraded_in_place(tmp_path: Path) -> Non
     assert stored == len([f for f in db.FINALS if f[4] == "complete"])  # the files were read in
     ResultStore(old).close()  # opening it again changes nothing
     _same(analysis.compare(old, db.STUDY), analysis.compare(new, db.STUDY))
+
+
+def test_old_configs_are_read_as_this_release_trains_them(tmp_path: Path) -> None:
+    """Before wd_bn/wd_bias existed, reg_bn/reg_bias decided weight decay too (schema step 3)."""
+    from trainer.config import config_hash
+
+    old = db.build(tmp_path / "v1", version=1)
+    engine = sa.create_engine(old)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE nbtl_runs SET config = json_set(config, '$.reg_bn', json('true')) WHERE id = 2"
+            )
+        )
+    ResultStore(old).close()
+    runs = {r["id"]: r for r in ResultStore(old).runs()}
+    assert runs[2]["config"]["wd_bn"] is True and runs[2]["config"]["reg_bn"] is True
+    assert runs[1]["config"]["wd_bn"] is False and runs[1]["config"]["wd_bias"] is False
+    assert all(r["config_hash"] == config_hash(r["config"]) for r in runs.values())
 
 
 def test_a_newer_database_is_refused(tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ from datetime import timezone
 import pytest
 import sqlalchemy as sa
 
-from nbtl_search.store.results import ResultStore, config_hash
-from trainer.config import TrainConfig
+from nbtl_search.store.results import ResultStore
+from trainer.config import TrainConfig, config_hash
 
 
 def _config(**changes) -> dict:
@@ -192,6 +192,10 @@ def test_config_hash_ignores_how_a_run_executes() -> None:
     assert len(base) == 16 and int(base, 16) >= 0
     # The same value written as int or float is the same hyperparameter.
     assert config_hash(_config(weight_decay=0)) == config_hash(_config(weight_decay=0.0))
+    # A field at its default is no setting: a release that adds one keeps every stored hash.
+    at_default = _config()
+    assert config_hash({k: v for k, v in at_default.items() if k != "color_jitter"}) == base
+    assert config_hash(dict(at_default, lrs=[at_default["lrs"][0]] * 3)) == base
 
 
 def test_schema_is_the_documented_contract(store: ResultStore, storage_url: str) -> None:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from nbtl_search.final import selection
-from nbtl_search.store.results import config_hash
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, config_hash
 
 DEFAULT = TrainConfig(
     dataset="digits", model="test_resnet", lrs=(0.3,), weight_decay=5e-4, mixup=0.2
