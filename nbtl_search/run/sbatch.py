@@ -73,6 +73,7 @@ def sbatch_options(job: ArrayJob) -> list[str]:
     options += [
         f"--signal=B:USR1@{job.signal_lead}",
         f"--output={job.logs.resolve() / 'slurm-%A_%a.out'}",
+        "--open-mode=append",  # a requeued task adds to its log instead of replacing it
         f"--chdir={job.workdir.resolve()}",
         "--export=ALL",
     ]

@@ -84,7 +84,8 @@ class QueuedJob:
 
 def queued_jobs(names: list[str]) -> list[QueuedJob]:
     """This user's jobs named `names` that Slurm still holds (pending, running, completing)."""
-    out = _squeue("--me", "--name", ",".join(names), "-o", "%i|%j|%T|%M|%L|%R")
+    # `status` must not hang on a controller that is down (squeue retries for ~10 s)
+    out = _squeue("--me", "--name", ",".join(names), "-o", "%i|%j|%T|%M|%L|%R", timeout=5)
     jobs = []
     for line in (out or "").splitlines():
         parts = line.split("|", 5)
@@ -98,7 +99,7 @@ def available() -> bool:
     return shutil.which("squeue") is not None and shutil.which("sbatch") is not None
 
 
-def _squeue(*args: str) -> str | None:
+def _squeue(*args: str, timeout: float = SQUEUE_TIMEOUT_S) -> str | None:
     if shutil.which("squeue") is None:
         return None
     try:
@@ -106,7 +107,7 @@ def _squeue(*args: str) -> str | None:
             ["squeue", "-h", *args],
             capture_output=True,
             text=True,
-            timeout=SQUEUE_TIMEOUT_S,
+            timeout=timeout,
             env={**os.environ, "SLURM_TIME_FORMAT": "standard"},
         )
     except (OSError, subprocess.TimeoutExpired):

@@ -105,7 +105,8 @@ class Submit(Verb):
                 "locks do not hold over a network filesystem): use PostgreSQL "
                 "(--storage postgresql+psycopg://USER@HOST/DB, password in ~/.pgpass) or --workers 1"
             )
-        preflight(spec)  # this host's view of the data and model, before anything is written
+        if not args.dry_run:  # a dry run only shows the script; the data may live elsewhere
+            preflight(spec)  # this host's view of the data and model, before anything is written
         if args.k8s:
             return _kubernetes(args, spec, url, role)
         return _slurm(args, spec, url, role)

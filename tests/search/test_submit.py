@@ -101,6 +101,7 @@ def test_the_dry_run_script_asks_slurm_for_one_gpu_per_task(tmp_path, capsys) ->
         "--constraint=a100",
         "--signal=B:USR1@120",
         "--export=ALL",
+        "--open-mode=append",
         "--exclusive",
         "--mail-type=END",
         f"--output={tmp_path.resolve()}/nbtl-logs/fake-search/slurm-%A_%a.out",
