@@ -321,3 +321,15 @@ def test_a_worker_does_not_start_a_trial_it_cannot_finish(sqlite_url: str, capsy
     limit = TimeLimit(left=lambda: 3600.0, margin=5)
     assert worker(time_limit=limit) == 0
     assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 3
+
+
+def test_k8s_creates_the_study_before_printing_the_manifest(tmp_path, capsys) -> None:
+    code, out, err = _submit(capsys, tmp_path, "--k8s", "--image", "nbtl:1")
+    assert code == 0, err
+    assert [d["kind"] for d in yaml.safe_load_all(out)] == ["ConfigMap", "Job"]
+    study = optuna.load_study(study_name="fake", storage=f"sqlite:///{tmp_path / 'nbtl.db'}")
+    assert study.user_attrs["nbtl_role"] == "search"  # created once, here, for every pod
+    assert (
+        'exec nbtl-search worker /etc/nbtl/study.yaml --role search --device cuda --index "$JOB_COMPLETION_INDEX"'
+        in out
+    )

@@ -143,8 +143,9 @@ def test_an_array_runs_the_grid_once_and_a_cancelled_one_is_resumed(
     url: str, workdir: Path, jobs: list[str], capsys
 ) -> None:
     """A 2-task array on a 6-point grid; scancel while both tasks train: no worker is left, the
-    interrupted trials are failed and marked lost; a second submit re-queues them and finishes
-    the grid: every point complete exactly once, only the interrupted trials ran twice."""
+    interrupted trials are failed and marked lost; a second submit (one task, two workers on its
+    GPU) re-queues them and finishes the grid: every point complete exactly once, only the
+    interrupted trials ran twice."""
     study = _study(workdir, "cluster")
     first = _submit(capsys, jobs, study, "--workers", "2")
     running = lambda: [r for r in _runs(url, "cluster") if r["state"] == "running"]  # noqa: E731
@@ -169,7 +170,7 @@ def test_an_array_runs_the_grid_once_and_a_cancelled_one_is_resumed(
         assert "worker stopped (SIGTERM)" in r["error"]
         assert r["slurm_array_job_id"] == int(first) and r["slurm_array_task_id"] in (0, 1)
 
-    second = _submit(capsys, jobs, study, "--workers", "2")
+    second = _submit(capsys, jobs, study, "--workers", "1", "--per-gpu", "2")  # 2 on one GPU
     _until(lambda: not _queued(second), 300, "the second array to finish the grid")
     runs = _runs(url, "cluster")
     complete = [r for r in runs if r["state"] == "complete"]
@@ -220,3 +221,14 @@ def _set_start(url: str, trial_id: int, when: datetime) -> None:
             {"t": when, "i": trial_id},
         )
     engine.dispose()
+
+
+def test_options_slurm_refuses_create_nothing(url: str, workdir: Path, capsys) -> None:
+    """`sbatch --test-only` judges the options before the study is created."""
+    study = _study(workdir, "refused")
+    code = main(["submit", str(study), "--device", "cpu", "--partition", "nosuch"])
+    err = capsys.readouterr().err
+    assert code == 2 and "sbatch refused the job" in err and err.count("\n") == 1, err
+    assert not (workdir / "nbtl-logs").exists()
+    with pytest.raises(KeyError):  # no study in the database
+        optuna.load_study(study_name="refused", storage=url)
