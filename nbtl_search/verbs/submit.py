@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from .base import COUNT, Verb, cache_arg, console, number, study_and_url
@@ -130,15 +131,42 @@ def _threads(args: argparse.Namespace) -> int | None:
     return 1 if args.device == "cpu" else None
 
 
-def _slurm(args, spec, url: str, role) -> int:
-    import tempfile
-    import time
-
+def _slurm(args: argparse.Namespace, spec, url: str, role) -> int:
+    """The search or the baseline: `nbtl-search worker --role ROLE` in every slot of the array,
+    the study created (`start_study`) once Slurm has accepted the options."""
     from nbtl_search.run import sbatch
     from nbtl_search.run.launcher import log_dir, start_study
-    from nbtl_search.run.processes import STORAGE_ENV
+
+    lead = _signal_lead(args)
+    command = [
+        args.python,
+        "-m",
+        "nbtl_search",
+        "worker",
+        str(Path(spec.path).resolve()),
+        *_worker_words(args, role.name, _threads(args)),
+        "--index",
+        sbatch.INDEX,
+        "--end-margin",
+        str(lead),
+    ]
+    return _submit_array(
+        args,
+        spec,
+        url,
+        name=sbatch.job_name(spec.name, role.name),
+        title=role.title,
+        logs=log_dir(spec, role),
+        command=command,
+        lead=lead,
+        start=lambda: start_study(spec, url, role, args.trials),
+    )
+
+
+def _signal_lead(args: argparse.Namespace) -> int:
+    """--signal-lead, checked against --time (bad values: InputError)."""
+    from nbtl_search.run import sbatch
     from nbtl_search.run.slurm import duration_seconds
-    from nbtl_search.store.connection import masked
     from trainer import InputError
 
     lead = sbatch.DEFAULT_SIGNAL_LEAD_S if args.signal_lead is None else args.signal_lead
@@ -152,9 +180,34 @@ def _slurm(args, spec, url: str, role) -> int:
                 f"--signal-lead {lead} s leaves no time in --time {args.time} ({limit:.0f} s): "
                 "give a longer --time or a shorter --signal-lead"
             )
-    logs = log_dir(spec, role)
+    return lead
+
+
+def _submit_array(
+    args: argparse.Namespace,
+    spec,
+    url: str,
+    *,
+    name: str,
+    title: str,
+    logs: Path,
+    command: list[str],
+    lead: int,
+    start: Callable[[], object],
+) -> int:
+    """Any queue of work as a Slurm array: `command` in every slot (`--workers` tasks x
+    `--per-gpu`; its own end margin is `lead`, the seconds before the time limit at which Slurm
+    signals the tasks), `start` (what must exist before the first task runs) once Slurm has
+    accepted the options; `--dry-run` prints the script only."""
+    import tempfile
+    import time
+
+    from nbtl_search.run import sbatch
+    from nbtl_search.run.processes import STORAGE_ENV
+    from nbtl_search.store.connection import masked
+
     job = sbatch.ArrayJob(
-        name=sbatch.job_name(spec.name, role.name),
+        name=name,
         tasks=args.workers,
         per_task=args.per_gpu,
         logs=logs,
@@ -170,25 +223,13 @@ def _slurm(args, spec, url: str, role) -> int:
         extra=tuple(args.sbatch),
         setup=tuple(args.setup),
         about=(
-            f"nbtl-search submit: the {role.title} of study {spec.name!r}",
+            f"nbtl-search submit: the {title} of study {spec.name!r}",
             f"({Path(spec.path).resolve()}),",
             f"{args.workers} array task(s) x {args.per_gpu} worker(s); written {sbatch.written_on()}.",
             "The storage URL reaches the workers through the job's environment (NBTL_STORAGE,",
             "exported by `nbtl-search submit`), never through this file or a command line.",
         ),
     )
-    command = [
-        args.python,
-        "-m",
-        "nbtl_search",
-        "worker",
-        str(Path(spec.path).resolve()),
-        *_worker_words(args, role.name, _threads(args)),
-        "--index",
-        sbatch.INDEX,
-        "--end-margin",
-        str(lead),
-    ]
     script = sbatch.batch_script(job, command)
     if args.dry_run:
         print(script, end="")
@@ -198,7 +239,7 @@ def _slurm(args, spec, url: str, role) -> int:
         trial_script = Path(tmp) / "check.sbatch"
         trial_script.write_text(script)
         sbatch.check(trial_script, env)  # Slurm's own verdict on the options, nothing queued yet
-    start_study(spec, url, role, args.trials)
+    start()
     logs.mkdir(parents=True, exist_ok=True)
     kept = logs / f"submit-{time.strftime('%Y%m%d-%H%M%S')}.sbatch"  # what `scontrol` names
     kept.write_text(script)
@@ -206,7 +247,7 @@ def _slurm(args, spec, url: str, role) -> int:
     out = console()
     out.print(
         f"submitted job {job_id}: {args.workers} array task(s) x {args.per_gpu} worker(s), the "
-        f"{role.title} of {spec.name} on {masked(url)}"
+        f"{title} of {spec.name} on {masked(url)}"
     )
     out.print(f"script: {kept}")
     out.print(
