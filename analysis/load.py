@@ -41,7 +41,7 @@ PREDICTIONS = "nbtl_predictions"
 VERSION = "nbtl_schema"
 # The schema version this package reads: our copy of nbtl_search.store.schema.SCHEMA_VERSION (a
 # test checks they agree). Any nbtl-search verb upgrades an older database in place.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 LR_COLUMNS = per_part.PART_AXES["lrs"]
 AXES = ("new_layers", "num_low", *per_part.FLAT_AXES)
 # Config keys that say where or how a run executed, or on which split, not what it trained:

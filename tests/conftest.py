@@ -4,11 +4,17 @@ PostgreSQL comes from ``NBTL_TEST_PG`` (default ``postgresql://postgres@127.0.0.
 server with trust auth); each test gets a fresh database, dropped afterwards. Without a server
 the PostgreSQL cases are skipped, except in CI (``CI`` set), where they fail: there a missing
 server is a broken pipeline, not a choice (``.ci/postgres.sh`` provides one).
+
+Slurm, the same way: the tests of `submit` on a real cluster need Slurm's commands and a node that
+answers (``.ci/slurm.sh`` starts a one-node cluster and exports ``SLURM_CONF``); without one they
+skip with the reason, in CI they fail.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,3 +92,26 @@ def sqlite_url(tmp_path: Path) -> str:
 def storage_url(request: pytest.FixtureRequest) -> str:
     """The same test against every supported backend (Optuna's StorageTestCase style)."""
     return request.getfixturevalue({"sqlite": "sqlite_url", "postgresql": "pg_url"}[request.param])
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """The partition's node state once Slurm answers (idle, mix, alloc); skip (fail in CI) if not."""
+    why = None
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        why = "Slurm's commands are not installed (.ci/slurm.sh installs and starts a cluster)"
+    else:
+        try:
+            done = subprocess.run(
+                ["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20
+            )
+            state = done.stdout.split()[0] if done.stdout.split() else ""
+            if done.returncode != 0 or not state.startswith(("idle", "mix", "alloc")):
+                why = f"no Slurm node is up ({' '.join((done.stderr or state).split())[:200]})"
+        except subprocess.TimeoutExpired:
+            why = "Slurm's controller does not answer"
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(why, pytrace=False)
+        pytest.skip(why + '; eval "$(.ci/slurm.sh)" starts one')
+    return state

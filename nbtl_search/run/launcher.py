@@ -49,6 +49,20 @@ def log_dir(spec: StudySpec, role: Role) -> Path:
     return Path("nbtl-logs") / f"{spec.name}-{role.name}"
 
 
+def start_study(spec: StudySpec, url: str, role: Role, budget: int | None = None) -> optuna.Study:
+    """Create the study once, before any worker starts (here or in a Slurm array): the tables, the
+    study, the grid's points and the retries an earlier run left, so workers never race to."""
+    ensure_schema(url)  # Optuna's and nbtl's tables, once, before any worker: no schema race
+    study = prepare_study(spec, open_rdb(url), role)
+    store = ResultStore(url)
+    try:
+        with StudyLock(url, study.study_name):
+            sync(study, role, spec, store, budget)
+    finally:
+        store.close()
+    return study
+
+
 def launch(
     spec: StudySpec,
     url: str,
@@ -64,12 +78,7 @@ def launch(
     stopped early for good (crashed past their restarts, or gave up on failing trials)."""
     console = console or Console(soft_wrap=True)
     logs = log_dir(spec, role)
-    ensure_schema(url)  # Optuna's and nbtl's tables, once, before any worker: no schema race
-    study = prepare_study(spec, open_rdb(url), role)
-    store = ResultStore(url)
-    with StudyLock(url, study.study_name):
-        sync(study, role, spec, store, budget)  # the grid's points, retries left by an earlier run
-    store.close()
+    study = start_study(spec, url, role, budget)
     logs.mkdir(parents=True, exist_ok=True)
     index = {slot.name: i for i, slot in enumerate(slots)}
     by_name = {slot.name: slot for slot in slots}

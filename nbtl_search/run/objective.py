@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from nbtl_search.store import attrs
 from nbtl_search.store.results import ResultStore
+from nbtl_search.store.where import slurm_job
 from nbtl_search.study.roles import Role
 from nbtl_search.study.sampling import suggest
 from nbtl_search.study.spec import StudySpec
@@ -96,6 +97,8 @@ class Objective:
             self.on_start()
         self.last_run_id, self.last_state, self.last_reason = None, TrialState.FAIL, None
         trial.set_user_attr(attrs.WORKER, self.worker)
+        if (job := slurm_job()) is not None:
+            trial.set_user_attr(attrs.SLURM_JOB, job.label)  # `status` shows it beside the trial
         try:
             params = suggest(trial, self.role.distributions(self.spec))
             config = self.role.config(self.spec, params).replace(device=self.device)

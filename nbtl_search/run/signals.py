@@ -27,7 +27,7 @@ def stop_requested() -> str | None:
 
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise `Stopped` in the main thread (Ctrl-C raises KeyboardInterrupt),
+    """SIGTERM and SIGHUP raise `Stopped` in the main thread once (Ctrl-C raises KeyboardInterrupt),
     so a worker fails and marks its running trial before it exits, and a launcher stops its
     workers. A library can catch that exception mid-call and raise its own (psycopg cancels the
     query, SQLAlchemy and Optuna wrap the error): after a signal, whatever leaves the block is
@@ -39,7 +39,11 @@ def stop_on_signals() -> Iterator[None]:
 
     def stop(signum: int, _frame: object) -> None:
         _received.append(signal.Signals(signum).name)
-        raise Stopped(_received[-1])
+        # Only the first stops: the same stop often comes twice (Slurm's scancel signals every
+        # process of a job, and the batch script passes it on to its workers), and a second
+        # exception would break off the marking of the trial that the first one started.
+        if len(_received) == 1:
+            raise Stopped(_received[-1])
 
     def interrupt(signum: int, frame: object) -> None:
         _received.append(signal.SIGINT.name)

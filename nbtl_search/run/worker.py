@@ -27,6 +27,7 @@ from nbtl_search.study.spec import StudySpec
 
 from .objective import FitFn, Objective
 from .signals import Stopped, stop_on_signals
+from .time_limit import TimeLimit
 from .trial_queue import Action, next_action, sync
 
 MAX_FAILURES_IN_A_ROW = 5
@@ -77,6 +78,7 @@ class WorkerOptions:
     image_cache: bool | None = None  # False: decode image files every epoch (None: the study's)
     heartbeat_interval: int = HEARTBEAT_INTERVAL_S  # a trial silent for grace_period is lost
     grace_period: int = GRACE_PERIOD_S
+    time_limit: TimeLimit | None = None  # the job's end (Slurm): no trial starts that cannot finish
 
 
 def run_worker(
@@ -108,6 +110,7 @@ def run_worker(
         fit=fit,
         on_start=lock.release,
     )
+    epochs = spec.base_config().epochs
     timeout = opts.timeout or spec.budget.timeout
     deadline = None if timeout is None else time.monotonic() + timeout
     own, failures = 0, 0
@@ -116,15 +119,22 @@ def run_worker(
             while opts.trials is None or own < opts.trials:
                 if deadline is not None and time.monotonic() > deadline:
                     break
+                # asked before the lock: the scheduler may be slow to answer
+                left = opts.time_limit.left() if opts.time_limit else None
                 lock.acquire()
                 try:
-                    action = next_action(
-                        sync(study, role, spec, store, opts.budget), role, spec, budget
-                    )
-                    if action is Action.CLAIM:
+                    trials = sync(study, role, spec, store, opts.budget)
+                    action = next_action(trials, role, spec, budget)
+                    late = None
+                    if action is Action.CLAIM and opts.time_limit is not None:
+                        late = opts.time_limit.refuses(left, trials, epochs)
+                    if action is Action.CLAIM and late is None:
                         _run_one(study, objective)
                 finally:
                     lock.release()
+                if late is not None:
+                    print(f"not starting another trial: {late}", file=sys.stderr, flush=True)
+                    break
                 if action is Action.DONE:
                     break
                 if action is Action.WAIT:  # trials run elsewhere; one may fail and come back

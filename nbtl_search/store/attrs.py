@@ -7,6 +7,7 @@ STUDY = "nbtl_study"  # the study file's name (the baseline study is NAME.defaul
 ROLE = "nbtl_role"
 # trial
 WORKER = "nbtl_worker"  # host:pid of the worker running it
+SLURM_JOB = "nbtl_slurm_job"  # the Slurm job it ran in (`1234_5`: task 5 of array 1234)
 RUN_ID = "nbtl_run_id"  # its row in nbtl_runs
 FAIL_REASON = "fail_reason"  # one line; optuna-dashboard shows it
 LOST = "nbtl_lost"  # its worker died or was stopped: re-queued, whatever the role

@@ -19,6 +19,8 @@ Versions:
    too, so the new switches take their values; every `config_hash` is recomputed by
    `trainer.config.config_hash`, which now leaves out fields at their default (so a field added
    later never changes a stored hash again).
+4. `nbtl_runs.slurm_job_id`, `slurm_array_job_id`, `slurm_array_task_id`: the Slurm job a run ran
+   in (NULL for runs outside Slurm, and for every run of an older database).
 """
 
 from __future__ import annotations
@@ -147,7 +149,18 @@ def _to_3(conn: sa.Connection, url: sa.URL) -> None:
                 conn.execute(table.update().where(table.c.id == row_id).values(**values))
 
 
-STEPS: dict[int, Callable[[sa.Connection, sa.URL], None]] = {2: _to_2, 3: _to_3}
+SLURM_COLUMNS = ("slurm_job_id", "slurm_array_job_id", "slurm_array_task_id")
+
+
+def _to_4(conn: sa.Connection, url: sa.URL) -> None:
+    """Add the Slurm ids of a run (NULL: not known for the runs before)."""
+    columns = {c["name"] for c in sa.inspect(conn).get_columns(runs_table.name)}
+    for name in SLURM_COLUMNS:
+        if name not in columns:
+            conn.exec_driver_sql(f"ALTER TABLE nbtl_runs ADD COLUMN {name} INTEGER")
+
+
+STEPS: dict[int, Callable[[sa.Connection, sa.URL], None]] = {2: _to_2, 3: _to_3, 4: _to_4}
 
 
 def _now() -> datetime:

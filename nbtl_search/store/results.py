@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 from datetime import datetime, timezone
 from typing import Any
 
@@ -40,6 +39,7 @@ from .schema import (
     probe_table,
     runs_table,
 )
+from .where import host, slurm_job
 
 
 class ResultStore:
@@ -73,7 +73,8 @@ class ResultStore:
         source_run_id: int | None = None,
         final_of: str | None = None,
     ) -> int:
-        """Insert a ``running`` run; `dataset` and `model` are read from `config`."""
+        """Insert a ``running`` run; `dataset` and `model` are read from `config`, the host and
+        the Slurm job (if any) from where this process runs (`where`)."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
         if final_of is not None and final_of not in FINAL_OF:
@@ -81,6 +82,7 @@ class ResultStore:
         missing = [k for k in ("dataset", "model") if k not in config]
         if missing:
             raise ValueError(f"config lacks {', '.join(missing)}")
+        job = slurm_job()
         row = dict(
             study=study,
             role=role,
@@ -93,10 +95,13 @@ class ResultStore:
             state="running",
             epochs_run=0,
             device=device,
-            host=socket.gethostname(),
+            host=host(),
             started_at=_now(),
             source_run_id=source_run_id,
             final_of=final_of,
+            slurm_job_id=job and job.job_id,
+            slurm_array_job_id=job and job.array_job_id,
+            slurm_array_task_id=job and job.array_task_id,
         )
         with self._engine.begin() as conn:
             return int(conn.execute(runs_table.insert().values(**row)).inserted_primary_key[0])

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 3  # raise it with a step in `migrations.STEPS` whenever a table changes
+SCHEMA_VERSION = 4  # raise it with a step in `migrations.STEPS` whenever a table changes
 RUN_STATES = ("running", "complete", "pruned", "failed")
 ROLES = ("search", "default", "rerank", "final")
 FINAL_OF = ("search", "default", "ladder")
@@ -85,6 +85,11 @@ runs_table = sa.Table(
         "source_run_id", sa.Integer
     ),  # rerank and final runs: the run whose config they rerun
     sa.Column("final_of", sa.String),  # final runs: FINAL_OF
+    # inside a Slurm job (`where.slurm_job`): the job's own id, and for an array task its array's
+    # id and index; NULL elsewhere
+    sa.Column("slurm_job_id", sa.Integer),
+    sa.Column("slurm_array_job_id", sa.Integer),
+    sa.Column("slurm_array_task_id", sa.Integer),
     sa.Index("ix_nbtl_runs_study_role", "study", "role"),
 )
 

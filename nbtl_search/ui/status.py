@@ -7,6 +7,7 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.table import Table
 
 from nbtl_search.probe.rule import stored_suggestion
+from nbtl_search.run import sbatch, slurm
 from nbtl_search.run.trial_queue import grid_coverage, is_lost, lost_reason
 from nbtl_search.store import attrs
 from nbtl_search.store.connection import StorageError, masked, open_rdb
@@ -35,7 +36,7 @@ def status_table(spec: StudySpec, url: str) -> Table:
             f"study {spec.name!r} not found in {masked(url)}: run `nbtl-search run` first"
         )
     table = Table(title=f"{spec.name} ({masked(url)})")
-    for col in ("role", "trial", "state", "value", "epochs", "seconds", "params"):
+    for col in ("role", "trial", "state", "value", "epochs", "seconds", "where", "params"):
         table.add_column(col)
     captions = []
     for role, study in studies:
@@ -48,11 +49,33 @@ def status_table(spec: StudySpec, url: str) -> Table:
                 f"{t.value:.2f}" if t.value is not None else "-",
                 str(len(t.intermediate_values)),
                 _seconds(t),
+                _where(t),
                 _params(t),
             )
         captions += _summary(spec, role, trials)
-    table.caption = "\n".join(captions + _probe_lines(spec, url))
+    table.caption = "\n".join(captions + _probe_lines(spec, url) + _job_lines(spec))
     return table
+
+
+def _where(t: FrozenTrial) -> str:
+    """The host a trial ran on and its Slurm job (`vm 1234_5`: task 5 of array 1234)."""
+    worker = t.user_attrs.get(attrs.WORKER)
+    if not worker:
+        return "-"
+    host = worker.rsplit(":", 1)[0]
+    job = t.user_attrs.get(attrs.SLURM_JOB)
+    return f"{host} {job}" if job else host
+
+
+def _job_lines(spec: StudySpec) -> list[str]:
+    """The study's Slurm jobs still queued or running (`submit`), where Slurm is installed."""
+    if not slurm.available():
+        return []
+    names = [sbatch.job_name(spec.name, role.name) for role in (DEFAULT, SEARCH)]
+    return [
+        f"slurm job {j.job} ({j.name}): {j.state.lower()}, {j.elapsed} run, {j.left} left, {j.reason}"
+        for j in slurm.queued_jobs(names)
+    ]
 
 
 def _probe_lines(spec: StudySpec, url: str) -> list[str]:

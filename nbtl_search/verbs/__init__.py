@@ -14,11 +14,13 @@ from .final import Final
 from .probe import Probe
 from .results import Best, Dashboard, Export, Report, Status
 from .search import Baseline, Run, Worker
+from .submit import Submit
 
 VERBS: tuple[type[Verb], ...] = (
     Run,
     Baseline,
     Worker,
+    Submit,
     Final,
     Probe,
     Status,

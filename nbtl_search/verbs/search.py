@@ -7,7 +7,17 @@ import argparse
 import os
 import sys
 
-from .base import COUNT, INDEX, SECONDS, Verb, cache_arg, console, study_and_url, write_note
+from .base import (
+    COUNT,
+    INDEX,
+    SECONDS,
+    Verb,
+    cache_arg,
+    console,
+    number,
+    study_and_url,
+    write_note,
+)
 
 
 def slot_args(p: argparse.ArgumentParser) -> None:
@@ -93,6 +103,13 @@ class Worker(Verb):
             "--budget", type=COUNT, help="override the study's budget of finished trials"
         )
         p.add_argument("--timeout", type=SECONDS)
+        p.add_argument(
+            "--end-margin",
+            type=number(float, 0, "seconds"),
+            default=0.0,
+            help="inside a Slurm job: start a trial only if it can end this long before the "
+            "job's time limit (default 0; `submit` passes its --signal-lead)",
+        )
         p.add_argument("--threads", type=COUNT, help="torch CPU threads")
         p.add_argument("--role", choices=["search", "default"], default="search")
         p.add_argument(
@@ -103,7 +120,10 @@ class Worker(Verb):
     def take_action(self, args: argparse.Namespace) -> int:
         from nbtl_search.run.preflight import preflight
         from nbtl_search.run.processes import exit_with_parent
+        from nbtl_search.run.slurm import JobClock
+        from nbtl_search.run.time_limit import TimeLimit
         from nbtl_search.run.worker import WorkerOptions, run_worker
+        from nbtl_search.store.where import slurm_job
         from nbtl_search.study.roles import ROLES
         from trainer import InputError
         from trainer.setup import resolve_device
@@ -128,6 +148,7 @@ class Worker(Verb):
             resolve_device(args.device or ("cuda" if args.gpu is not None else default_device()))
         )
         preflight(spec)  # this host's data and model, before joining the study
+        job = slurm_job()
         opts = WorkerOptions(
             device=device,
             trials=args.trials,
@@ -136,5 +157,6 @@ class Worker(Verb):
             threads=args.threads,
             index=args.index,
             image_cache=None if args.image_cache else False,
+            time_limit=None if job is None else TimeLimit(JobClock(job.job_id), args.end_margin),
         )
         return run_worker(spec, url, ROLES[args.role], opts)

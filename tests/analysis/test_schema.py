@@ -43,6 +43,9 @@ COLUMNS = {
         ("finished_at", "DATETIME", True),
         ("source_run_id", "INTEGER", True),
         ("final_of", "VARCHAR", True),
+        ("slurm_job_id", "INTEGER", True),
+        ("slurm_array_job_id", "INTEGER", True),
+        ("slurm_array_task_id", "INTEGER", True),
     ],
     "nbtl_epochs": [
         ("id", "INTEGER", False),
